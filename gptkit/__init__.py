@@ -1,0 +1,27 @@
+"""gptkit: a plugin-based GPT-2 research toolkit.
+
+Python API: `load_config(path, overrides)`, `run(config)`, `registry`, `hookimpl`.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+
+from gptkit.config import Config, load_config
+from gptkit.hookspecs import hookimpl
+from gptkit.registry import registry
+
+try:
+    __version__ = importlib.metadata.version("gptkit")
+except importlib.metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0+unknown"
+
+
+def run(config: Config):
+    """Run a resolved config (see `load_config`) with its recipe; returns the recipe's final metrics."""
+    from gptkit.runs import run as _run
+
+    return _run(config)
+
+
+__all__ = ["Config", "hookimpl", "load_config", "registry", "run", "__version__"]

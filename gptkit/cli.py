@@ -1,0 +1,140 @@
+"""The `gptkit` command line. Input errors print one line on stderr and exit 2; `--debug` shows tracebacks.
+
+Shell completion (click): `eval "$(_GPTKIT_COMPLETE=bash_source gptkit)"` (zsh_source, fish_source).
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+
+import click
+
+from gptkit import __version__
+from gptkit.errors import GptkitError
+
+
+class GptkitGroup(click.Group):
+    """Turns gptkit's errors into clear messages and exit codes instead of tracebacks."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except GptkitError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                traceback.print_exc()
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
+            raise
+        except Exception as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=GptkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="gptkit")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """gptkit: pretrain, load, generate with and fine-tune GPT-2 models, built from plugins."""
+    ctx.ensure_object(dict)["debug"] = debug
+
+
+@cli.command()
+@click.argument("experiment", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1)
+def run(experiment: str, overrides: tuple[str, ...]) -> None:
+    """Run EXPERIMENT.toml, with KEY=VALUE (or ~KEY) overrides."""
+    import gptkit
+
+    config = gptkit.load_config(experiment, overrides)
+    gptkit.run(config)
+
+
+@cli.command("list")
+@click.argument("kind", required=False)
+def list_components(kind: str | None) -> None:
+    """Registered components (of KIND, or of every kind), with origin and doc."""
+    from gptkit.registry import registry
+
+    registries = [registry[kind]] if kind else list(registry)
+    for i, reg in enumerate(registries):
+        if i:
+            click.echo()
+        click.echo(f"{reg.kind}:")
+        entries = reg.entries()
+        width = max((len(e.name) for e in entries), default=0)
+        for e in entries:
+            click.echo(f"  {e.name:<{width}}  {e.doc}  [{e.origin}]")
+        if not entries:
+            click.echo("  (none registered)")
+
+
+@cli.command()
+def plugins() -> None:
+    """Loaded plugins: entry point, distribution, version, hooks."""
+    from gptkit import plugins as plugin_manager
+
+    for info in plugin_manager.loaded():
+        kind = "built-in" if info.builtin else "third-party"
+        status = f"FAILED: {info.error}" if info.error else ", ".join(info.hooks) or "(no hooks)"
+        click.echo(f"{info.name:<14} {info.distribution} {info.version} ({kind})  {status}")
+
+
+@cli.group()
+def config() -> None:
+    """Show or check an experiment's resolved config."""
+
+
+@config.command("show")
+@click.argument("experiment", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1)
+def config_show(experiment: str, overrides: tuple[str, ...]) -> None:
+    """Print the fully resolved config as TOML."""
+    import gptkit
+    from gptkit.runs import config_toml
+
+    click.echo(config_toml(gptkit.load_config(experiment, overrides)), nl=False)
+
+
+@config.command("validate")
+@click.argument("experiments", nargs=-1, required=True)
+@click.option("-o", "--override", "overrides", multiple=True, help="KEY=VALUE applied to every experiment.")
+def config_validate(experiments: tuple[str, ...], overrides: tuple[str, ...]) -> None:
+    """Check structure, types and component names (not whether files or URLs exist).
+
+    EXPERIMENTS are TOML files, optionally followed by KEY=VALUE overrides for all of them.
+    """
+    import gptkit
+    from gptkit.errors import ConfigError
+
+    files = [e for e in experiments if "=" not in e and not e.startswith("~")]
+    extra = [e for e in experiments if e not in files] + list(overrides)
+    failed = []
+    for path in files:
+        try:
+            gptkit.load_config(path, extra)
+        except GptkitError as exc:
+            failed.append(exc)
+            click.echo(f"error: {exc}", err=True)
+        else:
+            click.echo(f"{path}: ok")
+    if failed:
+        sys.exit(max(getattr(e, "exit_code", 2) for e in failed) if not all(isinstance(e, ConfigError) for e in failed) else 2)
+
+
+def _add_plugin_commands() -> None:
+    from gptkit import plugins as plugin_manager
+
+    plugin_manager.hook().register_commands(cli=cli)
+
+
+def main(argv: list[str] | None = None) -> None:
+    _add_plugin_commands()
+    cli.main(args=argv, prog_name="gptkit")

@@ -1,0 +1,505 @@
+"""Experiments: TOML files checked against attrs sections, with KEY=VALUE overrides.
+
+`load_config(path, overrides)` returns a `Config` or raises `ConfigError` listing EVERY problem, one
+line each with its dotted path: unknown keys, wrong types (no silent "4" -> 4 or 1.9 -> 1), missing
+required values, unknown component names and component parameters that the component's own params
+class rejects. A component is written `{ name = "top-k", top_k = 40 }`: its name picks a registered
+component and the other keys are checked against that component's params class.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import attrs
+
+from gptkit.errors import ConfigError, GptkitError
+from gptkit.registry import registry
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@attrs.define
+class Component:
+    """A component picked by name, with its validated parameters (defaults filled)."""
+
+    name: str
+    params: dict[str, Any] = attrs.field(factory=dict)
+
+
+def component(name: str, **params: Any) -> Any:
+    """A config field defaulting to the component `name`."""
+    return attrs.field(factory=lambda: Component(name, dict(params)))
+
+
+def kind(registry_kind: str, default: Any = attrs.NOTHING, **kwargs: Any) -> Any:
+    """A field whose value is a component of `registry_kind` (checked against its registry)."""
+    return attrs.field(default=default, metadata={"kind": registry_kind}, **kwargs)
+
+
+# --- the sections -------------------------------------------------------------------------------
+
+
+@attrs.define
+class RunSection:
+    name: str
+    recipe: str = kind("recipe")
+    out_dir: str | None = None  # default runs/<name>
+    resume: str = "none"  # none | auto | PATH
+    seed: int = 123
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+
+
+@attrs.define
+class ModelSection:
+    preset: str | None = None
+    vocab_size: int | None = None
+    context_length: int | None = None
+    emb_dim: int | None = None
+    n_heads: int | None = None
+    n_layers: int | None = None
+    drop_rate: float = 0.0
+    qkv_bias: bool | None = None  # None: from the checkpoint, else False
+    tie_weights: bool | None = None  # None: from the checkpoint, else True
+    attention: Component = kind("attention", factory=lambda: Component("causal"))
+    norm: Component = kind("norm", factory=lambda: Component("layernorm"))
+    feedforward: Component = kind("feedforward", factory=lambda: Component("gelu-mlp"))
+
+
+@attrs.define
+class InitSection:
+    checkpoint: Component | None = kind("checkpoint", None)
+
+
+@attrs.define
+class DataSection:
+    tokenizer: Component = kind("tokenizer", factory=lambda: Component("gpt2"))
+    dataset: Component | None = kind("dataset", None)
+    prompt: Component | None = kind("prompt", None)
+    collator: Component = kind("collator", factory=lambda: Component("lm"))
+    split: list[float] = attrs.field(factory=lambda: [0.9, 0.1])
+    num_workers: int = 0
+
+
+@attrs.define
+class TrainSection:
+    finetune: Component = kind("finetune", factory=lambda: Component("full"))
+    epochs: int = 1
+    max_steps: int = 0
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 4e-4
+    min_lr: float = 0.0
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    warmup_steps: int = 0
+    weight_decay: float = 0.1
+    betas: list[float] = attrs.field(factory=lambda: [0.9, 0.999])
+    grad_clip: float = 0.0  # 0: no clipping
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    compile: bool = False
+    eval_every: int = 5
+    eval_batches: int = 5
+    checkpoint_every: int = 0  # 0: only at the end
+    keep_checkpoints: int = 2
+    early_stopping_patience: int = 0  # evaluations without a better val_loss; 0: never stop early
+    log_every: int = 1
+
+
+@attrs.define
+class GenerateSection:
+    sampler: Component = kind("sampler", factory=lambda: Component("top-k", {"top_k": 25, "temperature": 1.4}))
+    max_new_tokens: int = 50
+    prompt: str = "Every effort moves you"
+    ignore_eos: bool = False
+
+
+@attrs.define
+class EvalSection:
+    scorers: list[Component] = kind("scorer", factory=list)
+    text: str | None = None
+    stride: int | None = None
+
+
+@attrs.define
+class TrackSection:
+    trackers: list[Component] = kind("tracker", factory=list)
+
+
+@attrs.define
+class Config:
+    """A resolved experiment. `provenance` is written by runs (versions, device) and ignored on load."""
+
+    run: RunSection
+    model: ModelSection = attrs.field(factory=ModelSection)
+    init: InitSection = attrs.field(factory=InitSection)
+    data: DataSection = attrs.field(factory=DataSection)
+    train: TrainSection = attrs.field(factory=TrainSection)
+    generate: GenerateSection = attrs.field(factory=GenerateSection)
+    eval: EvalSection = attrs.field(factory=EvalSection)
+    track: TrackSection = attrs.field(factory=TrackSection)
+    provenance: dict[str, Any] = attrs.field(factory=dict)
+
+
+# --- structuring: raw TOML data -> attrs objects, collecting every problem --------------------
+
+
+_MISSING = object()
+
+
+def _fields(cls: type) -> dict[str, attrs.Attribute]:
+    attrs.resolve_types(cls)
+    return {f.name: f for f in attrs.fields(cls)}
+
+
+def _optional_inner(tp: Any) -> tuple[Any, bool]:
+    """(X, True) for X | None, else (tp, False)."""
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return args[0], True
+    return tp, False
+
+
+def _type_name(tp: Any) -> str:
+    inner, optional = _optional_inner(tp)
+    if optional:
+        return _type_name(inner) + " or nothing"
+    origin = typing.get_origin(inner)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(inner))
+    if origin in (list, tuple):
+        return f"list of {_type_name(typing.get_args(inner)[0])}"
+    if inner is Component:
+        return "a table with a name"
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(inner))
+    return {str: "string", int: "integer", float: "number", bool: "true/false"}.get(inner, getattr(inner, "__name__", str(inner)))
+
+
+def _describe(value: Any) -> str:
+    kinds = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array", dict: "table"}
+    return f"{kinds.get(type(value), type(value).__name__)} {value!r}"
+
+
+class _Structurer:
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def problem(self, path: str, message: str) -> None:
+        self.problems.append(f"{path}: {message}")
+
+    def value(self, tp: Any, value: Any, path: str, registry_kind: str | None = None) -> Any:
+        inner, optional = _optional_inner(tp)
+        if value is None:
+            if optional or tp is Any:
+                return None
+            self.problem(path, f"expected {_type_name(tp)}, got nothing")
+            return _MISSING
+        tp = inner
+        if tp is Any:
+            return value
+        if tp is Component:
+            return self.component(value, path, registry_kind)
+        if attrs.has(tp):
+            return self.attrs_class(tp, value, path)
+        origin = typing.get_origin(tp)
+        if origin is Literal:
+            if value in typing.get_args(tp) and type(value) is type(typing.get_args(tp)[0]):
+                return value
+            return self.wrong(tp, value, path)
+        if origin in (list, tuple):
+            if not isinstance(value, list):
+                return self.wrong(tp, value, path)
+            item = typing.get_args(tp)[0]
+            items = [self.value(item, v, f"{path}[{i}]", registry_kind) for i, v in enumerate(value)]
+            return items if origin is list else tuple(items)
+        if origin is dict or tp is dict:
+            return value if isinstance(value, dict) else self.wrong(tp, value, path)
+        if origin in (Union, types.UnionType):
+            for option in typing.get_args(tp):
+                if self.matches(option, value):
+                    return float(value) if option is float else value
+            return self.wrong(tp, value, path)
+        if self.matches(tp, value):
+            if registry_kind and tp is str:
+                self.registered_name(value, path, registry_kind)
+            return float(value) if tp is float else value
+        return self.wrong(tp, value, path)
+
+    @staticmethod
+    def matches(tp: Any, value: Any) -> bool:
+        if tp is float:
+            return isinstance(value, (int, float)) and not isinstance(value, bool)
+        if tp is int:
+            return isinstance(value, int) and not isinstance(value, bool)
+        return isinstance(tp, type) and isinstance(value, tp)
+
+    def wrong(self, tp: Any, value: Any, path: str) -> Any:
+        self.problem(path, f"expected {_type_name(tp)}, got {_describe(value)}")
+        return _MISSING
+
+    def attrs_class(self, cls: type, data: Any, path: str, owner: str | None = None) -> Any:
+        if not isinstance(data, dict):
+            return self.wrong(cls, data, path)
+        fields = _fields(cls)
+        prefix = f"{path}." if path else ""
+        for key in data:
+            if key not in fields:
+                allowed = ", ".join(fields) or "no parameters"
+                where = f"{owner} takes" if owner else "expected one of"
+                self.problem(f"{prefix}{key}", f"unknown key ({where}: {allowed})")
+        values: dict[str, Any] = {}
+        for name, field in fields.items():
+            registry_kind = field.metadata.get("kind")
+            if name in data:
+                values[name] = self.value(field.type, data[name], f"{prefix}{name}", registry_kind)
+            elif field.default is attrs.NOTHING:
+                self.problem(f"{prefix}{name}", "required")
+                values[name] = _MISSING
+            elif registry_kind:  # a default component: fill in its default parameters too
+                default = field.default.factory() if isinstance(field.default, attrs.Factory) else field.default
+                values[name] = self.value(field.type, to_raw(default), f"{prefix}{name}", registry_kind)
+        for name, value in values.items():
+            validator = fields[name].validator
+            if validator is not None and value is not _MISSING:
+                try:
+                    validator(None, fields[name], value)
+                except (ValueError, TypeError) as exc:
+                    self.problem(f"{prefix}{name}", str(exc))
+                    values[name] = _MISSING
+        if any(v is _MISSING for v in values.values()):
+            return _MISSING
+        try:
+            return cls(**{k: v for k, v in values.items()})
+        except (ValueError, TypeError) as exc:
+            self.problem(path or cls.__name__, str(exc))
+            return _MISSING
+
+    def component(self, data: Any, path: str, registry_kind: str | None) -> Any:
+        if registry_kind is None and isinstance(data, str):
+            return self.wrong(Component, data, path)
+        if not isinstance(data, dict):
+            return self.wrong(Component, data, path)
+        name = data.get("name")
+        if not isinstance(name, str):
+            self.problem(f"{path}.name", "required (a registered name)" if name is None else f"expected string, got {_describe(name)}")
+            return _MISSING
+        params = {k: v for k, v in data.items() if k != "name"}
+        if registry_kind is None:
+            return Component(name, params)
+        reg = registry[registry_kind]
+        if name not in reg:
+            self.problem(f"{path}.name", reg.unknown_message(name))
+            return _MISSING
+        params_cls = reg.get(name).params
+        if params_cls is None:
+            for key in params:
+                self.problem(f"{path}.{key}", f"unknown key ({registry_kind} {name!r} takes no parameters)")
+            return Component(name, {}) if not params else _MISSING
+        validated = self.attrs_class(params_cls, params, path, owner=f"{registry_kind} {name!r}")
+        if validated is _MISSING:
+            return _MISSING
+        return Component(name, attrs.asdict(validated, recurse=False))
+
+    def registered_name(self, value: str, path: str, registry_kind: str) -> None:
+        if value not in registry[registry_kind]:
+            self.problem(path, registry[registry_kind].unknown_message(value))
+
+
+def to_raw(value: Any) -> Any:
+    """An attrs object back to plain TOML-able data (components as `{name = ..., **params}`, no None)."""
+    if isinstance(value, Component):
+        return {"name": value.name, **{k: to_raw(v) for k, v in value.params.items() if v is not None}}
+    if attrs.has(type(value)):
+        out = {}
+        for field in attrs.fields(type(value)):
+            v = getattr(value, field.name)
+            if v is not None:
+                out[field.name] = to_raw(v)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [to_raw(v) for v in value]
+    if isinstance(value, dict):
+        return {k: to_raw(v) for k, v in value.items() if v is not None}
+    return value
+
+
+# --- overrides ----------------------------------------------------------------------------------
+
+
+def _leaf_type(parts: list[str], raw: dict[str, Any]) -> tuple[Any, str | None]:
+    """The declared type at a dotted path, or (None, problem) when the path names no key."""
+    tp: Any = Config
+    node: Any = raw
+    for depth, part in enumerate(parts):
+        tp, _ = _optional_inner(tp)
+        here = ".".join(parts[: depth + 1])
+        if tp is Component:
+            if part == "name":
+                tp = str
+            else:
+                name = node.get("name") if isinstance(node, dict) else None
+                kind_ = _component_kind(parts[:depth], raw)
+                params_cls = None
+                if kind_ and isinstance(name, str) and name in registry[kind_]:
+                    params_cls = registry[kind_].get(name).params
+                    if params_cls is None or part not in _fields(params_cls):
+                        return None, f"{here}: unknown key ({kind_} {name!r} takes: {', '.join(_fields(params_cls)) if params_cls else 'no parameters'})"
+                    tp = _fields(params_cls)[part].type
+                else:
+                    tp = Any
+        elif attrs.has(tp):
+            fields = _fields(tp)
+            if part not in fields:
+                return None, f"{here}: unknown key (expected one of: {', '.join(fields)})"
+            tp = fields[part].type
+        elif typing.get_origin(tp) is dict or tp is Any:
+            tp = Any
+        else:
+            return None, f"{here}: {'.'.join(parts[:depth])} is {_type_name(tp)}, it has no key {part!r}"
+        node = node.get(part) if isinstance(node, dict) else None
+    return tp, None
+
+
+def _component_kind(parts: list[str], raw: dict[str, Any]) -> str | None:
+    cls: Any = Config
+    field = None
+    for part in parts:
+        cls, _ = _optional_inner(cls)
+        if not attrs.has(cls):
+            return None
+        field = _fields(cls).get(part)
+        if field is None:
+            return None
+        cls = field.type
+    return field.metadata.get("kind") if field is not None else None
+
+
+def _parse_value(tp: Any, text: str) -> Any:
+    """Strings are taken as written; anything else is a TOML literal when it parses as one."""
+    inner, _ = _optional_inner(tp)
+    is_text = inner is str or (typing.get_origin(inner) is Literal and all(isinstance(a, str) for a in typing.get_args(inner)))
+    if is_text:
+        return text
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str], problems: list[str]) -> None:
+    """Apply `KEY=VALUE` and `~KEY` to raw config data in place; report bad ones to `problems`."""
+    for override in overrides:
+        remove = override.startswith("~")
+        key, sep, text = override[1:].partition("=") if remove else override.partition("=")
+        key = key.strip()
+        if not key or (not remove and not sep) or (remove and sep):
+            problems.append(f"{override}: an override is KEY=VALUE or ~KEY")
+            continue
+        parts = key.split(".")
+        tp, problem = _leaf_type(parts, raw)
+        if problem:
+            problems.append(f"{problem} (from override {override!r})")
+            continue
+        node = raw
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                if remove:
+                    break
+                child = node[part] = {}
+            node = child
+        else:
+            if remove:
+                node.pop(parts[-1], None)
+            else:
+                node[parts[-1]] = _parse_value(tp, text)
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise GptkitError(f"{path}: no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"invalid TOML: {exc}"], source=str(path)) from None
+    except OSError as exc:
+        raise GptkitError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def structure(raw: dict[str, Any], overrides: list[str] = (), source: str | None = None) -> Config:
+    """Check raw config data (plus overrides) and return the Config, or raise ConfigError with every problem."""
+    raw = _deepcopy(raw)
+    problems: list[str] = []
+    apply_overrides(raw, list(overrides), problems)
+    structurer = _Structurer()
+    config = structurer.attrs_class(Config, raw, "")
+    if config is not _MISSING:
+        _check(config, structurer)
+    problems += structurer.problems
+    if problems:
+        raise ConfigError(problems, source=source)
+    return config
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load an experiment TOML file, apply `KEY=VALUE` / `~KEY` overrides and validate everything."""
+    return structure(read_toml(path), list(overrides), source=str(path))
+
+
+def _deepcopy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _deepcopy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deepcopy(v) for v in value]
+    return value
+
+
+def _check(config: Config, s: _Structurer) -> None:
+    """Checks that span several keys."""
+    from gptkit.model import PRESETS, resolve_preset
+
+    m = config.model
+    if m.preset is not None and resolve_preset(m.preset) is None:
+        s.problem("model.preset", f"unknown preset {m.preset!r}; presets: {', '.join(PRESETS)}")
+    elif config.init.checkpoint is None:
+        preset = PRESETS[resolve_preset(m.preset)] if m.preset else {}
+        for key in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
+            value = getattr(m, key) if getattr(m, key) is not None else preset.get(key)
+            if value is None:
+                s.problem(f"model.{key}", "required (or set model.preset, or init.checkpoint)")
+            elif value < 1:
+                s.problem(f"model.{key}", f"must be >= 1, got {value}")
+        emb, heads = (m.emb_dim or preset.get("emb_dim")), (m.n_heads or preset.get("n_heads"))
+        if emb and heads and emb % heads:
+            s.problem("model.emb_dim", f"{emb} is not divisible by model.n_heads = {heads}")
+    if not 0.0 <= m.drop_rate < 1.0:
+        s.problem("model.drop_rate", f"must be in [0, 1), got {m.drop_rate}")
+    if config.run.resume not in ("none", "auto") and not config.run.resume:
+        s.problem("run.resume", "none, auto or a checkpoint path")
+    t = config.train
+    for key in ("epochs", "batch_size", "grad_accum", "eval_batches", "keep_checkpoints", "log_every"):
+        if getattr(t, key) < 1:
+            s.problem(f"train.{key}", f"must be >= 1, got {getattr(t, key)}")
+    for key in ("max_steps", "eval_every", "checkpoint_every", "warmup_steps", "early_stopping_patience"):
+        if getattr(t, key) < 0:
+            s.problem(f"train.{key}", f"must be >= 0, got {getattr(t, key)}")
+    if t.lr <= 0:
+        s.problem("train.lr", f"must be > 0, got {t.lr}")
+    split = config.data.split
+    if not 2 <= len(split) <= 3 or any(x < 0 for x in split) or abs(sum(split) - 1.0) > 1e-6:
+        s.problem("data.split", f"2 or 3 non-negative fractions (train, val[, test]) summing to 1, got {split}")
+    if config.generate.max_new_tokens < 0:
+        s.problem("generate.max_new_tokens", f"must be >= 0, got {config.generate.max_new_tokens}")

@@ -1,0 +1,104 @@
+"""The contract of each kind of component, and the value types components pass around.
+
+Model components (attention, norm, feedforward) are built as `factory(model_config, **params)`.
+Every other kind is built as `factory(ctx, **params)` with the `Context` below, except recipes,
+which are called with the resolved config. The Protocols say what the rest of gptkit relies on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Protocol, runtime_checkable
+
+import attrs
+
+if TYPE_CHECKING:
+    import torch
+
+    from gptkit.config import Config
+    from gptkit.model import GPTConfig
+
+
+@attrs.define
+class Example:
+    """One training example: token ids, of which the first `prompt_length` are the prompt (0 for text)."""
+
+    input_ids: list[int]
+    prompt_length: int = 0
+
+
+@attrs.define
+class Batch:
+    """A collated batch: inputs and targets [B, T]; targets hold the ignore index where no loss is taken."""
+
+    inputs: "torch.Tensor"
+    targets: "torch.Tensor"
+
+
+@attrs.define
+class Context:
+    """What the run has built so far, handed to every non-model component factory."""
+
+    model_config: "GPTConfig | None" = None
+    tokenizer: "Tokenizer | None" = None
+    prompt: "PromptFormat | None" = None
+    device: "torch.device | str" = "cpu"
+    out_dir: Path | None = None
+
+
+@runtime_checkable
+class Attention(Protocol):
+    """nn.Module: (x [B,T,C], *, positions=None, kv_cache=None, padding_mask=None) -> y [B,T,C]; causal.
+
+    `supports_kv_cache` (class attribute) says whether `kv_cache` is honoured.
+    """
+
+    supports_kv_cache: bool
+
+    def __call__(self, x, *, positions=None, kv_cache=None, padding_mask=None): ...
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    name: str
+    eos_id: int
+    vocab_size: int
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: Iterable[int]) -> str: ...
+
+
+@runtime_checkable
+class Sampler(Protocol):
+    """(logits [B, V] float, generator) -> next token ids [B] long."""
+
+    def __call__(self, logits: "torch.Tensor", generator: "torch.Generator | None") -> "torch.Tensor": ...
+
+
+@runtime_checkable
+class PromptFormat(Protocol):
+    """A record (dict) -> (prompt text, response text)."""
+
+    def __call__(self, record: dict[str, Any]) -> tuple[str, str]: ...
+
+
+@runtime_checkable
+class Dataset(Protocol):
+    """Yields Examples from a path, folder or URL."""
+
+    def __iter__(self) -> Iterator[Example]: ...
+
+
+@runtime_checkable
+class Collator(Protocol):
+    def __call__(self, examples: list[Example]) -> tuple["torch.Tensor", "torch.Tensor"]: ...
+
+
+@runtime_checkable
+class Recipe(Protocol):
+    """(resolved config) -> runs the job and returns its final metrics; `metric_keys` names what it logs."""
+
+    metric_keys: tuple[str, ...]
+
+    def __call__(self, config: "Config") -> dict[str, Any]: ...

@@ -1,0 +1,123 @@
+"""The plugin manager: finds plugins by entry point (group "gptkit") and lets them register components.
+
+Built-in components (package gptkit_plugins) come through the same entry-point group as any
+third-party package. Environment:
+
+- `GPTKIT_PLUGINS`: comma list of third-party entry-point names to load; unset loads all, empty
+  loads none beyond the built-ins.
+- `GPTKIT_DISABLE_PLUGINS`: comma list of entry-point names never to load (built-ins included).
+
+A plugin that fails to import or register is reported as a warning naming it; the rest still work.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import warnings
+
+import attrs
+import pluggy
+
+from gptkit import hookspecs
+from gptkit.registry import registering_as, registry
+
+BUILTIN_DISTRIBUTION = "gptkit"
+
+
+@attrs.define
+class PluginInfo:
+    name: str
+    distribution: str
+    version: str
+    builtin: bool
+    hooks: list[str] = attrs.field(factory=list)
+    error: str | None = None
+
+
+class PluginWarning(UserWarning):
+    """A plugin could not be loaded; gptkit goes on without it."""
+
+
+manager = pluggy.PluginManager(hookspecs.PROJECT)
+manager.add_hookspecs(hookspecs)
+_loaded: dict[str, PluginInfo] = {}
+_state = {"loaded": False}
+
+
+def _names_from_env(var: str) -> set[str] | None:
+    value = os.environ.get(var)
+    if value is None:
+        return None
+    return {n.strip() for n in value.split(",") if n.strip()}
+
+
+def _wanted(name: str, builtin: bool) -> bool:
+    disabled = _names_from_env("GPTKIT_DISABLE_PLUGINS") or set()
+    if name in disabled:
+        return False
+    allowed = _names_from_env("GPTKIT_PLUGINS")
+    return builtin or allowed is None or name in allowed
+
+
+def load() -> None:
+    """Load every wanted entry-point plugin once and let it register its components."""
+    if _state["loaded"]:
+        return
+    _state["loaded"] = True
+    for ep in sorted(importlib.metadata.entry_points(group=hookspecs.PROJECT), key=lambda e: e.name):
+        dist = ep.dist.name if ep.dist else "?"
+        version = ep.dist.version if ep.dist else "?"
+        builtin = dist == BUILTIN_DISTRIBUTION
+        if ep.name in _loaded or not _wanted(ep.name, builtin):
+            continue
+        info = PluginInfo(ep.name, dist, version, builtin)
+        _loaded[ep.name] = info
+        try:
+            module = ep.load()
+        except Exception as exc:  # a broken plugin must not break gptkit
+            _fail(info, f"failed to import {ep.value}: {type(exc).__name__}: {exc}")
+            continue
+        register(module, ep.name, info)
+
+
+def register(plugin: object, name: str, info: PluginInfo | None = None) -> None:
+    """Register a plugin object (module or instance) and run its `register_components` hook."""
+    info = info or _loaded.setdefault(name, PluginInfo(name, "(in process)", "", False))
+    try:
+        manager.register(plugin, name=name)
+    except Exception as exc:
+        _fail(info, f"rejected by the plugin manager: {exc}")
+        return
+    info.hooks = sorted(impl.name for impl in manager.get_hookcallers(plugin) or [])
+    impl = getattr(plugin, "register_components", None)
+    if impl is None:
+        return
+    origin = f"{info.distribution} {info.version}".strip() + f" [{name}]"
+    try:
+        with registering_as(origin):
+            impl(registry=registry)
+    except Exception as exc:
+        _fail(info, f"register_components failed: {type(exc).__name__}: {exc}")
+
+
+def unregister(name: str) -> None:
+    """Remove a plugin registered in process (components it registered stay until removed)."""
+    manager.unregister(name=name)
+    _loaded.pop(name, None)
+
+
+def _fail(info: PluginInfo, message: str) -> None:
+    info.error = message
+    warnings.warn(f"gptkit plugin {info.name!r} ({info.distribution}): {message}", PluginWarning, stacklevel=3)
+
+
+def loaded() -> list[PluginInfo]:
+    load()
+    return list(_loaded.values())
+
+
+def hook():
+    """The hook relay: `hook().on_step_end(run=..., step=..., metrics=...)`."""
+    load()
+    return manager.hook
