@@ -24,4 +24,11 @@ def run(config: Config):
     return _run(config)
 
 
-__all__ = ["Config", "hookimpl", "load_config", "registry", "run", "__version__"]
+def load_model(source, *, device="cpu", dtype=None):
+    """(model, tokenizer) from a run folder, checkpoint or model folder, or a model name."""
+    from gptkit.sources import load_model as _load_model
+
+    return _load_model(source, device=device, dtype=dtype)
+
+
+__all__ = ["load_model", "Config", "hookimpl", "load_config", "registry", "run", "__version__"]

@@ -68,6 +68,11 @@ class Tokenizer(Protocol):
 
     def decode(self, ids: Iterable[int]) -> str: ...
 
+    def save(self, directory: Path) -> dict[str, Any]:
+        """Write what is needed to rebuild this tokenizer into `directory`; return its component
+        spec ({"name": ..., **params}), file paths relative to `directory`."""
+        ...
+
 
 @runtime_checkable
 class Sampler(Protocol):
@@ -93,6 +98,28 @@ class Dataset(Protocol):
 @runtime_checkable
 class Collator(Protocol):
     def __call__(self, examples: list[Example]) -> tuple["torch.Tensor", "torch.Tensor"]: ...
+
+
+@attrs.define
+class LoadedModel:
+    """What a checkpoint loader returns: the model's config, its state dict in gptkit's canonical
+    parameter names (see gptkit.model), and the tokenizer that came with it (or None)."""
+
+    model_config: "GPTConfig"
+    state_dict: dict[str, "torch.Tensor"]
+    tokenizer: "Tokenizer | None" = None
+
+
+@runtime_checkable
+class CheckpointLoader(Protocol):
+    """Built as `factory(ctx, **params)`. `source` is a folder, file or model name; None means the
+    one named by the loader's own parameters (as in `[init] checkpoint = {name = ..., model = ...}`)."""
+
+    def can_load(self, source: str) -> bool: ...
+
+    def load(self, source: str | None = None) -> LoadedModel: ...
+
+    def download(self, name: str) -> Path: ...
 
 
 @runtime_checkable

@@ -116,11 +116,12 @@ def build_model(config: Config, ctx: Context):
     from gptkit.model import GPT, GPTConfig
 
     if config.init.checkpoint is not None:
-        loader = registry.checkpoint.build(config.init.checkpoint, ctx)
-        loaded = loader.load()
+        from gptkit.sources import load_state
+
+        loaded = registry.checkpoint.build(config.init.checkpoint, ctx).load()
         model_config = GPTConfig.from_section(config.model, base=loaded.model_config)
         model = GPT(model_config)
-        model.load_state_dict(loaded.state_dict, strict=True)
+        load_state(model, loaded.state_dict, config.init.checkpoint.name)
         if loaded.tokenizer is not None:
             ctx.tokenizer = loaded.tokenizer
     else:

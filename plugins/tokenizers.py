@@ -28,6 +28,7 @@ class TiktokenTokenizer:
         self.name = name
         self.eos_id = encoding.eot_token
         self.vocab_size = encoding.n_vocab
+        self.source: Path | None = None  # the vocabulary files it was read from, if any
 
     def encode(self, text: str) -> list[int]:
         return self.encoding.encode(text, allowed_special={ENDOFTEXT})
@@ -37,6 +38,15 @@ class TiktokenTokenizer:
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         return self.encoding.decode_bytes(list(ids))
+
+    def save(self, directory: Path) -> dict:
+        """Write the vocabulary as `tokenizer.tiktoken` so the folder loads offline; return its spec."""
+        import base64
+
+        ranks = sorted(self.encoding._mergeable_ranks.items(), key=lambda item: item[1])
+        lines = b"".join(base64.b64encode(token) + b" %d\n" % rank for token, rank in ranks)
+        (Path(directory) / "tokenizer.tiktoken").write_bytes(lines)
+        return {"name": self.name, "path": "tokenizer.tiktoken"}
 
 
 class ByteTokenizer:
@@ -60,6 +70,9 @@ class ByteTokenizer:
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         return bytes(i for i in ids if i < 256)
 
+    def save(self, directory: Path) -> dict:
+        return {"name": self.name}
+
 
 def _encoding_from_ranks(ranks: dict[bytes, int]):
     import tiktoken
@@ -67,26 +80,74 @@ def _encoding_from_ranks(ranks: dict[bytes, int]):
     return tiktoken.Encoding(name="gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={ENDOFTEXT: GPT2_EOS_ID})
 
 
-def gpt2_from_files(path: str | Path) -> TiktokenTokenizer:
-    """The GPT-2 tokenizer from a folder with encoder.json + vocab.bpe, or from a .tiktoken file."""
-    from tiktoken.load import data_gym_to_mergeable_bpe_ranks, load_tiktoken_bpe
+def _data_gym_byte_decoder() -> dict[str, int]:
+    """GPT-2's files spell bytes as printable characters; this maps each character back to its byte."""
+    printable = [b for b in range(256) if chr(b).isprintable() and chr(b) != " "]
+    decoder = {chr(b): b for b in printable}
+    shifted = 0
+    for b in range(256):
+        if b not in decoder.values():
+            decoder[chr(256 + shifted)] = b
+            shifted += 1
+    return decoder
 
+
+def ranks_from_gpt2_files(encoder_json: Path, vocab_bpe: Path) -> dict[bytes, int]:
+    """BPE ranks from OpenAI's encoder.json + vocab.bpe (or HF's vocab.json + merges.txt).
+
+    Read directly rather than through tiktoken's loader, which caches local files by path and so
+    would serve stale contents when a folder is rewritten.
+    """
+    import json
+
+    byte_of = _data_gym_byte_decoder()
+
+    def to_bytes(token: str) -> bytes:
+        return bytes(byte_of[c] for c in token)
+
+    with open(encoder_json, encoding="utf-8") as f:
+        encoder = json.load(f)
+    ranks = {to_bytes(k): v for k, v in encoder.items() if k not in (ENDOFTEXT, "<|startoftext|>")}
+    merges = [line.split() for line in Path(vocab_bpe).read_text(encoding="utf-8").splitlines()[1:] if line.strip()]
+    for rank, (first, second) in enumerate(merges, start=256):
+        if ranks.get(to_bytes(first) + to_bytes(second)) != rank:
+            raise ValueError(f"{vocab_bpe.name} line {rank - 254} ({first} {second}) disagrees with {encoder_json.name}")
+    return ranks
+
+
+def ranks_from_tiktoken_file(path: Path) -> dict[bytes, int]:
+    import base64
+
+    ranks = {}
+    for number, line in enumerate(Path(path).read_bytes().splitlines(), start=1):
+        if line.strip():
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+    return ranks
+
+
+def gpt2_from_files(path: str | Path) -> TiktokenTokenizer:
+    """The GPT-2 tokenizer from a folder with encoder.json + vocab.bpe (or vocab.json + merges.txt), or a .tiktoken file."""
     path = Path(path)
     try:
         if path.is_dir():
-            missing = [f for f in ("encoder.json", "vocab.bpe") if not (path / f).is_file()]
-            if missing:
-                raise GptkitError(f"{path}: no GPT-2 vocabulary here (missing {', '.join(missing)})")
-            ranks = data_gym_to_mergeable_bpe_ranks(str(path / "vocab.bpe"), str(path / "encoder.json"))
+            for encoder, merges in (("encoder.json", "vocab.bpe"), ("vocab.json", "merges.txt")):
+                if (path / encoder).is_file() and (path / merges).is_file():
+                    ranks = ranks_from_gpt2_files(path / encoder, path / merges)
+                    break
+            else:
+                raise GptkitError(f"{path}: no GPT-2 vocabulary here (expected encoder.json + vocab.bpe, or vocab.json + merges.txt)")
         elif path.is_file():
-            ranks = load_tiktoken_bpe(str(path))
+            ranks = ranks_from_tiktoken_file(path)
         else:
             raise GptkitError(f"{path}: no such file or folder (expected encoder.json + vocab.bpe, or a .tiktoken file)")
     except GptkitError:
         raise
-    except Exception as exc:  # tiktoken raises assorted errors on malformed files
+    except Exception as exc:  # malformed JSON, bad base64, missing bytes...
         raise GptkitError(f"{path}: not a readable GPT-2 vocabulary: {type(exc).__name__}: {exc}") from None
-    return TiktokenTokenizer(_encoding_from_ranks(ranks))
+    tokenizer = TiktokenTokenizer(_encoding_from_ranks(ranks))
+    tokenizer.source = path
+    return tokenizer
 
 
 def gpt2_from_tiktoken() -> TiktokenTokenizer:

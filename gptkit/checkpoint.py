@@ -1,0 +1,140 @@
+"""gptkit's own model format, and atomic file writing.
+
+A model folder holds:
+    model.safetensors   weights in gptkit's canonical names (the tied head is not stored twice)
+    config.json         {"format": "gptkit", "version": 1, "model": GPTConfig, "tokenizer": spec}
+    + the tokenizer's files (e.g. tokenizer.tiktoken), named relative to the folder by its spec
+Weights load with safetensors only: nothing in a model folder is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from gptkit.errors import GptkitError
+from gptkit.interfaces import LoadedModel
+
+FORMAT = "gptkit"
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+
+
+def fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - some filesystems refuse
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Move a fully written temp folder into place; an old `final` is removed only after."""
+    fsync_dir(tmp)
+    if final.exists():
+        old = final.with_name(f".{final.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    fsync_dir(final.parent)
+
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def model_state_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict without the tied head (safetensors stores no shared tensors) and contiguous."""
+    state = model.state_dict()
+    if getattr(model.config, "tie_weights", False):
+        state.pop("head.weight", None)
+    return {k: v.detach().contiguous() for k, v in state.items()}
+
+
+def save_model_files(directory: Path, model: torch.nn.Module, tokenizer: Any) -> None:
+    """Write model.safetensors, config.json and the tokenizer's files into `directory` (which exists)."""
+    directory = Path(directory)
+    save_file({k: v.cpu() for k, v in model_state_for_saving(model).items()}, str(directory / WEIGHTS))
+    spec = tokenizer.save(directory) if hasattr(tokenizer, "save") else {"name": tokenizer.name}
+    meta = {"format": FORMAT, "version": FORMAT_VERSION, "model": model.config.to_dict(), "tokenizer": spec}
+    (directory / CONFIG).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    for name in os.listdir(directory):
+        fsync_file(directory / name)
+
+
+def save_model(directory: str | Path, model: torch.nn.Module, tokenizer: Any) -> Path:
+    """Write a model folder atomically: into a temp folder beside it, then renamed into place."""
+    final = Path(directory)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    try:
+        save_model_files(tmp, model, tokenizer)
+        replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def is_model_dir(path: str | Path) -> bool:
+    path = Path(path)
+    if not (path / WEIGHTS).is_file() or not (path / CONFIG).is_file():
+        return False
+    try:
+        return json.loads((path / CONFIG).read_text(encoding="utf-8")).get("format") == FORMAT
+    except (OSError, ValueError):
+        return False
+
+
+def load_model_files(directory: str | Path, ctx=None) -> LoadedModel:
+    """Read a gptkit model folder: config, weights (safetensors) and tokenizer."""
+    from gptkit.config import Component
+    from gptkit.interfaces import Context
+    from gptkit.model import GPTConfig
+    from gptkit.registry import registry
+
+    directory = Path(directory)
+    config_path = directory / CONFIG
+    try:
+        meta = json.loads(config_path.read_text(encoding="utf-8"))
+        model_config = GPTConfig.from_dict(meta["model"])
+        spec = dict(meta.get("tokenizer") or {"name": "gpt2"})
+    except FileNotFoundError:
+        raise GptkitError(f"{config_path}: missing (not a gptkit model folder)") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise GptkitError(f"{config_path}: not a valid gptkit model config ({type(exc).__name__}: {exc})") from None
+    weights = directory / WEIGHTS
+    try:
+        state = load_file(str(weights))
+    except FileNotFoundError:
+        raise GptkitError(f"{weights}: missing") from None
+    except (SafetensorError, OSError) as exc:
+        raise GptkitError(f"{weights}: unreadable or corrupt ({exc})") from None
+    if model_config.tie_weights:
+        state["head.weight"] = state["tok_emb.weight"]
+    name = spec.pop("name")
+    if isinstance(spec.get("path"), str):
+        spec["path"] = str(directory / spec["path"])
+    tokenizer = registry.tokenizer.build(Component(name, spec), ctx or Context())
+    return LoadedModel(model_config, state, tokenizer)

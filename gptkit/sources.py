@@ -1,0 +1,89 @@
+"""SOURCE, wherever a command takes one: a run folder, a checkpoint or model folder, or a model name.
+
+gptkit's own folders are read here; anything else is offered to each registered checkpoint loader
+(`can_load(source)`), so a plugin can add a format or a hub.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from gptkit.checkpoint import is_model_dir, load_model_files
+from gptkit.config import Component
+from gptkit.errors import GptkitError
+from gptkit.interfaces import Context, LoadedModel
+from gptkit.registry import registry
+
+STEP_DIR = re.compile(r"step-(\d+)$")
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete `checkpoints/step-N` folder of a run, or None."""
+    steps = [
+        (int(m.group(1)), p)
+        for p in (run_dir / "checkpoints").glob("step-*")
+        if (m := STEP_DIR.search(p.name)) and is_model_dir(p)
+    ]
+    return max(steps)[1] if steps else None
+
+
+def load_source(source: str | Path, ctx: Context | None = None) -> LoadedModel:
+    """The model config, weights and tokenizer that `source` names."""
+    ctx = ctx or Context()
+    path = Path(source)
+    if path.is_dir():
+        if is_model_dir(path):
+            return load_model_files(path, ctx)
+        checkpoint = latest_checkpoint(path)
+        if checkpoint is not None:
+            return load_model_files(checkpoint, ctx)
+    for entry in registry.checkpoint.entries():
+        loader = registry.checkpoint.build(Component(entry.name), ctx)
+        if loader.can_load(str(source)):
+            return loader.load(str(source))
+    known = ", ".join(registry.checkpoint.names()) or "none besides gptkit's own"
+    raise GptkitError(
+        f"{source}: not a model source (a run folder, a checkpoint or model folder, or a model name; "
+        f"checkpoint loaders: {known})"
+    )
+
+
+def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Load weights strictly; a missing, extra or misshapen tensor is an error naming it."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    misshapen = [
+        f"{k} {tuple(state[k].shape)} (model expects {tuple(v.shape)})"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing tensors: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    if extra:
+        problems.append(f"unexpected tensors: {', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}")
+    if misshapen:
+        problems.append(f"wrong shapes: {', '.join(misshapen[:5])}")
+    if problems:
+        raise GptkitError(f"{source}: weights do not fit the model: {'; '.join(problems)}")
+    model.load_state_dict(state, strict=True)
+
+
+def load_model(source: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
+    """(model in eval mode, tokenizer) from any SOURCE."""
+    from gptkit.model import GPT
+
+    loaded = load_source(source, Context(device=device))
+    with torch.device("meta"):
+        model = GPT(loaded.model_config)
+    model.to_empty(device=device)
+    load_state(model, loaded.state_dict, source)
+    if loaded.model_config.tie_weights:
+        model.head.weight = model.tok_emb.weight
+    if dtype is not None:
+        model.to(dtype=dtype)
+    return model.eval(), loaded.tokenizer
