@@ -1,0 +1,349 @@
+"""`hf`: GPT-2 in Hugging Face's layout (a folder or a hub id), read and written.
+
+HF's GPT-2 stores its linear layers as Conv1D, weights [in, out]: they are transposed into gptkit's
+nn.Linear [out, in]. The `attn.bias` / `attn.masked_bias` buffers (causal masks) are ignored. The
+tokenizer is vocab.json + merges.txt, the same files as OpenAI's encoder.json + vocab.bpe.
+`save` writes a folder that `transformers.GPT2LMHeadModel.from_pretrained` opens (`gptkit export`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import attrs
+import torch
+from safetensors import SafetensorError
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from gptkit import hookimpl
+from gptkit.checkpoint import fsync_file, replace_dir
+from gptkit.config import Component
+from gptkit.errors import GptkitError
+from gptkit.interfaces import Context, LoadedModel
+from gptkit.model import GPTConfig, resolve_preset
+from gptkit.registry import registry
+from gptkit_plugins.pretrained import check_tensors
+
+HUB_IDS = {
+    "gpt2-124M": "openai-community/gpt2",
+    "gpt2-355M": "openai-community/gpt2-medium",
+    "gpt2-774M": "openai-community/gpt2-large",
+    "gpt2-1558M": "openai-community/gpt2-xl",
+}
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+WEIGHTS, SHARD_INDEX, CONFIG = "model.safetensors", "model.safetensors.index.json", "config.json"
+TOKENIZER_FILES = ("vocab.json", "merges.txt")
+HUB_FILES = [CONFIG, WEIGHTS, SHARD_INDEX, "model-*.safetensors", *TOKENIZER_FILES]
+IGNORED = re.compile(r"(^|\.)attn\.(masked_)?bias$")  # causal-mask buffers, not weights
+TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
+
+
+def name_map(n_layer: int) -> list[tuple[str, str, bool]]:
+    """(HF name, gptkit name, is a Conv1D weight stored [in, out]) for every GPT-2 tensor."""
+    names = [("wte.weight", "tok_emb.weight", False), ("wpe.weight", "pos_emb.weight", False)]
+    for i in range(n_layer):
+        hf, pt = f"h.{i}.", f"blocks.{i}."
+        names += [
+            (hf + "ln_1.weight", pt + "norm1.weight", False),
+            (hf + "ln_1.bias", pt + "norm1.bias", False),
+            (hf + "attn.c_attn.weight", pt + "attn.qkv.weight", True),
+            (hf + "attn.c_attn.bias", pt + "attn.qkv.bias", False),
+            (hf + "attn.c_proj.weight", pt + "attn.proj.weight", True),
+            (hf + "attn.c_proj.bias", pt + "attn.proj.bias", False),
+            (hf + "ln_2.weight", pt + "norm2.weight", False),
+            (hf + "ln_2.bias", pt + "norm2.bias", False),
+            (hf + "mlp.c_fc.weight", pt + "ff.fc.weight", True),
+            (hf + "mlp.c_fc.bias", pt + "ff.fc.bias", False),
+            (hf + "mlp.c_proj.weight", pt + "ff.proj.weight", True),
+            (hf + "mlp.c_proj.bias", pt + "ff.proj.bias", False),
+        ]
+    return names + [("ln_f.weight", "final_norm.weight", False), ("ln_f.bias", "final_norm.bias", False)]
+
+
+def gptkit_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
+    """gptkit's parameter shapes for `config` (from a model on the meta device: no memory used)."""
+    from gptkit.model import GPT
+
+    with torch.device("meta"):
+        model = GPT(config)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def hf_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
+    """The HF name and shape of every tensor a GPT-2 of `config` stores."""
+    shapes = gptkit_shapes(config)
+    out = {hf: shapes[pt][::-1] if conv else shapes[pt] for hf, pt, conv in name_map(config.n_layers)}
+    if not config.tie_weights:
+        out["lm_head.weight"] = shapes["head.weight"]
+    return out
+
+
+def to_gptkit(tensors: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
+    state = {pt: tensors[hf].t().contiguous() if conv else tensors[hf] for hf, pt, conv in name_map(config.n_layers)}
+    state["head.weight"] = state["tok_emb.weight"] if config.tie_weights else tensors["lm_head.weight"]
+    return state
+
+
+def to_hf(state: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
+    """gptkit's state -> GPT2LMHeadModel's names (prefixed `transformer.`); a missing qkv bias is zero."""
+    out = {}
+    for hf, pt, conv in name_map(config.n_layers):
+        if pt.endswith("attn.qkv.bias") and not config.qkv_bias:
+            tensor = torch.zeros(3 * config.emb_dim, dtype=state["tok_emb.weight"].dtype)
+        else:
+            tensor = state[pt].t() if conv else state[pt]
+        out["transformer." + hf] = tensor.detach().cpu().contiguous()
+    if not config.tie_weights:
+        out["lm_head.weight"] = state["head.weight"].detach().cpu().contiguous()
+    return out
+
+
+# --- config.json ----------------------------------------------------------------------------------
+
+
+def config_from_hf(path: Path) -> GPTConfig:
+    """gptkit's model config from an HF GPT-2 config.json; settings gptkit's GPT cannot match are errors."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise GptkitError(f"{path}: missing (a Hugging Face GPT-2 folder holds config.json, {WEIGHTS}, vocab.json, merges.txt)") from None
+    except (OSError, ValueError) as exc:
+        raise GptkitError(f"{path}: not readable JSON ({exc})") from None
+    if not isinstance(data, dict) or data.get("model_type", "gpt2") != "gpt2":
+        raise GptkitError(f"{path}: model_type {data.get('model_type') if isinstance(data, dict) else None!r} is not GPT-2")
+    sizes = {}
+    for key, hf_key in (("vocab_size", "vocab_size"), ("context_length", "n_positions"), ("emb_dim", "n_embd"),
+                        ("n_heads", "n_head"), ("n_layers", "n_layer")):
+        value = data.get(hf_key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise GptkitError(f"{path}: {hf_key} must be a positive integer, got {value!r}")
+        sizes[key] = value
+    if sizes["emb_dim"] % sizes["n_heads"]:
+        raise GptkitError(f"{path}: n_embd = {sizes['emb_dim']} is not divisible by n_head = {sizes['n_heads']}")
+    activation = data.get("activation_function", "gelu_new")
+    if activation not in TANH_GELU:
+        raise GptkitError(f"{path}: activation_function {activation!r} is not supported (gptkit's gelu-mlp is the tanh GELU, {TANH_GELU[0]!r})")
+    inner = data.get("n_inner") or 4 * sizes["emb_dim"]
+    if inner % sizes["emb_dim"]:
+        raise GptkitError(f"{path}: n_inner = {inner} is not a multiple of n_embd = {sizes['emb_dim']}")
+    for flag in ("scale_attn_by_inverse_layer_idx", "add_cross_attention"):
+        if data.get(flag):
+            raise GptkitError(f"{path}: {flag} = true is not supported")
+    return GPTConfig(
+        **sizes,
+        qkv_bias=True,
+        tie_weights=bool(data.get("tie_word_embeddings", True)),
+        norm=Component("layernorm", {"eps": float(data.get("layer_norm_epsilon", 1e-5))}),
+        feedforward=Component("gelu-mlp", {"expansion": inner // sizes["emb_dim"]}),
+    )
+
+
+def config_to_hf(config: GPTConfig, eos_id: int | None) -> dict:
+    """config.json for GPT2LMHeadModel; a model whose parts HF's GPT-2 lacks is an error."""
+    if config.norm.name != "layernorm":
+        raise GptkitError(f"model.norm = {config.norm.name!r}: Hugging Face's GPT-2 has only LayerNorm")
+    if config.feedforward.name != "gelu-mlp":
+        raise GptkitError(f"model.feedforward = {config.feedforward.name!r}: Hugging Face's GPT-2 has only the GELU MLP")
+    if config.attention.name not in ("causal", "causal-reference"):
+        raise GptkitError(f"model.attention = {config.attention.name!r}: Hugging Face's GPT-2 has only plain causal attention")
+    pdrop = config.drop_rate
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": config.vocab_size,
+        "n_positions": config.context_length,
+        "n_embd": config.emb_dim,
+        "n_head": config.n_heads,
+        "n_layer": config.n_layers,
+        "n_inner": config.feedforward.params.get("expansion", 4) * config.emb_dim,
+        "activation_function": "gelu_new",
+        "layer_norm_epsilon": config.norm.params.get("eps", 1e-5),
+        "resid_pdrop": pdrop,
+        "embd_pdrop": pdrop,
+        "attn_pdrop": pdrop,
+        "initializer_range": 0.02,
+        "tie_word_embeddings": config.tie_weights,
+        "bos_token_id": eos_id,
+        "eos_token_id": eos_id,
+        "torch_dtype": "float32",
+    }
+
+
+# --- tokenizer files ----------------------------------------------------------------------------
+
+
+def merges_from_ranks(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
+    """The merge that made each token of rank >= 256: BPE over its bytes with only lower ranks
+    leaves exactly two parts, and they are the merge."""
+    merges = []
+    for token, rank in sorted(ranks.items(), key=lambda item: item[1]):
+        if len(token) == 1:
+            continue
+        parts = [token[i : i + 1] for i in range(len(token))]
+        while len(parts) > 2:
+            best = min(range(len(parts) - 1), key=lambda i: ranks.get(parts[i] + parts[i + 1], rank))
+            if ranks.get(parts[best] + parts[best + 1], rank) >= rank:
+                break
+            parts[best : best + 2] = [parts[best] + parts[best + 1]]
+        if len(parts) != 2:
+            raise GptkitError(f"the vocabulary's token {token!r} (rank {rank}) is not a merge of two lower-ranked tokens")
+        merges.append((parts[0], parts[1]))
+    return merges
+
+
+def write_vocab_files(tokenizer, directory: Path) -> bool:
+    """vocab.json + merges.txt for a GPT-2 BPE tokenizer: copied from its source folder when it has
+    them, else recovered from its ranks. False when the tokenizer is not a BPE with ranks."""
+    source = getattr(tokenizer, "source", None)
+    if source is not None and Path(source).is_dir():
+        for names in (("encoder.json", "vocab.bpe"), TOKENIZER_FILES):
+            if all((Path(source) / n).is_file() for n in names):
+                for src, dst in zip(names, TOKENIZER_FILES):
+                    shutil.copyfile(Path(source) / src, directory / dst)
+                return True
+    encoding = getattr(tokenizer, "encoding", None)
+    if encoding is None or not hasattr(encoding, "_mergeable_ranks"):
+        return False
+    from gptkit_plugins.tokenizers import _data_gym_byte_decoder
+
+    char_of = {b: c for c, b in _data_gym_byte_decoder().items()}
+
+    def text(token: bytes) -> str:
+        return "".join(char_of[b] for b in token)
+
+    ranks = encoding._mergeable_ranks
+    vocab = {text(token): rank for token, rank in ranks.items()}
+    vocab.update(encoding._special_tokens)
+    (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    lines = ["#version: 0.2"] + [f"{text(a)} {text(b)}" for a, b in merges_from_ranks(ranks)]
+    (directory / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return True
+
+
+# --- reading and writing folders ----------------------------------------------------------------
+
+
+def read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of model.safetensors (or of the shards a model.safetensors.index.json lists)."""
+    if (folder / SHARD_INDEX).is_file() and not (folder / WEIGHTS).is_file():
+        try:
+            shards = sorted(set(json.loads((folder / SHARD_INDEX).read_text(encoding="utf-8"))["weight_map"].values()))
+        except (OSError, ValueError, KeyError, AttributeError) as exc:
+            raise GptkitError(f"{folder / SHARD_INDEX}: not a valid shard index ({exc})") from None
+    else:
+        shards = [WEIGHTS]
+    tensors = {}
+    for shard in shards:
+        path = folder / shard
+        if not path.is_file():
+            raise GptkitError(f"{path}: missing (a Hugging Face GPT-2 folder holds config.json, {WEIGHTS}, vocab.json, merges.txt)")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                for key in f.keys():
+                    tensors[key] = f.get_tensor(key)
+        except (SafetensorError, OSError, RuntimeError) as exc:
+            raise GptkitError(f"{path}: unreadable or corrupt safetensors file ({exc})") from None
+    return tensors
+
+
+def load_folder(folder: Path, ctx: Context | None = None) -> LoadedModel:
+    config = config_from_hf(folder / CONFIG)
+    missing = [n for n in TOKENIZER_FILES if not (folder / n).is_file()]
+    if missing:
+        raise GptkitError(f"{folder / missing[0]}: missing (the GPT-2 tokenizer is read from vocab.json + merges.txt)")
+    raw = read_weights(folder)
+    tensors = {k.removeprefix("transformer."): v for k, v in raw.items() if not IGNORED.search(k)}
+    if config.tie_weights:
+        tensors.pop("lm_head.weight", None)  # some writers store the tied copy too
+    check_tensors({k: tuple(v.shape) for k, v in tensors.items()}, hf_shapes(config), str(folder / WEIGHTS), "config.json")
+    state = {k: v.float() if v.is_floating_point() else v for k, v in to_gptkit(tensors, config).items()}
+    tokenizer = registry.tokenizer.build(Component("gpt2", {"path": str(folder)}), ctx or Context())
+    return LoadedModel(config, state, tokenizer)
+
+
+def save_folder(loaded: LoadedModel, directory: Path) -> Path:
+    """An HF GPT-2 folder (config.json, model.safetensors, vocab.json, merges.txt), written atomically."""
+    final = Path(directory)
+    config = loaded.model_config
+    eos_id = getattr(loaded.tokenizer, "eos_id", None)
+    eos_id = eos_id if eos_id is not None and eos_id < config.vocab_size else None
+    hf_config = config_to_hf(config, eos_id)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        save_file(to_hf(loaded.state_dict, config), str(tmp / WEIGHTS), metadata={"format": "pt"})
+        (tmp / CONFIG).write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")
+        if loaded.tokenizer is not None and not write_vocab_files(loaded.tokenizer, tmp):
+            name = getattr(loaded.tokenizer, "name", "?")
+            print(f"note: tokenizer {name!r} has no Hugging Face GPT-2 form; wrote the weights and config only")
+        for path in tmp.iterdir():
+            fsync_file(path)
+        tmp.chmod(0o755)
+        replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+@attrs.define
+class HFParams:
+    model: str = "openai-community/gpt2"  # a hub id or a local folder
+    dir: str | None = None  # download folder (a subfolder per model); default Hugging Face's cache
+
+
+class HFLoader:
+    def __init__(self, ctx: Context, model: str, dir: str | None):
+        self.ctx = ctx
+        self.model = model
+        self.dir = Path(dir).expanduser() if dir else None
+
+    def can_load(self, source: str) -> bool:
+        path = Path(source)
+        if path.is_dir():
+            if not (path / CONFIG).is_file():
+                return (path / WEIGHTS).is_file() or (path / SHARD_INDEX).is_file()
+            try:
+                return json.loads((path / CONFIG).read_text(encoding="utf-8")).get("model_type") == "gpt2"
+            except (OSError, ValueError, AttributeError):
+                return False
+        return not path.exists() and bool(HUB_ID.match(source))
+
+    def load(self, source: str | None = None) -> LoadedModel:
+        source = source or self.model
+        folder = Path(source) if Path(source).is_dir() else self.download(source)
+        return load_folder(folder, self.ctx)
+
+    def download(self, name: str) -> Path:
+        """The local folder of hub model `name` (a hub id or a preset such as gpt2-medium)."""
+        repo = HUB_IDS.get(resolve_preset(name) or "", name)
+        if not HUB_ID.match(repo):
+            raise GptkitError(f"{name!r} is not a Hugging Face hub id (owner/name) or a preset ({', '.join(HUB_IDS)})")
+        try:
+            from huggingface_hub import snapshot_download
+        except ImportError:
+            raise GptkitError("loading from the Hugging Face hub needs huggingface_hub (pip install huggingface_hub)") from None
+        local_dir = self.dir / repo.split("/")[-1] if self.dir else None
+        try:
+            return Path(snapshot_download(repo, allow_patterns=HUB_FILES, local_dir=local_dir))
+        except Exception as exc:  # network, 404, auth: huggingface_hub has many error types
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise GptkitError(f"{repo}: could not download from the Hugging Face hub ({type(exc).__name__}: {message})") from None
+
+    def save(self, loaded: LoadedModel, directory: str | Path) -> Path:
+        return save_folder(loaded, Path(directory))
+
+
+@hookimpl
+def register_components(registry):
+    registry.checkpoint.register(
+        "hf",
+        HFLoader,
+        params=HFParams,
+        doc="Hugging Face GPT-2 (a folder with model.safetensors + config.json, or a hub id); also writes it.",
+    )

@@ -1,0 +1,137 @@
+"""What the pretrained-weight loaders share: the download cache, resumable HTTP downloads and
+tensor-name checks that name the offending tensor.
+
+Downloads go to `<file>.part` and are renamed into place only once their size matches what the
+server announced, so a file under its final name is always whole; an interrupted transfer resumes
+from the `.part` with an HTTP Range request, in the same call or the next one.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import socket
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from tqdm.auto import tqdm
+
+from gptkit.errors import GptkitError
+
+CHUNK = 1 << 20
+TIMEOUT_S = 30
+RETRIES = 5  # transfers that break after making progress are resumed this many times
+
+
+def cache_dir() -> Path:
+    """gptkit's download cache: $GPTKIT_CACHE, else $XDG_CACHE_HOME/gptkit, else ~/.cache/gptkit."""
+    if os.environ.get("GPTKIT_CACHE"):
+        return Path(os.environ["GPTKIT_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "gptkit"
+
+
+class TransferError(Exception):
+    """One URL failed (HTTP error, refused, interrupted); the next URL may still work."""
+
+
+def fetch(urls: Iterable[str], dest: Path) -> Path:
+    """Download `dest` from the first of `urls` that serves it; the error lists why each failed."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    failures = []
+    for url in urls:
+        try:
+            _fetch_one(url, dest)
+            return dest
+        except TransferError as exc:
+            failures.append(f"{url}: {exc}")
+    raise GptkitError(f"could not download {dest.name} into {dest.parent}: " + "; ".join(failures))
+
+
+def _fetch_one(url: str, dest: Path) -> None:
+    part = dest.with_name(dest.name + ".part")
+    for _ in range(RETRIES + 1):
+        offset = part.stat().st_size if part.exists() else 0
+        request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
+        try:
+            with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
+                total = _receive(response, part, offset, dest.name)
+        except urllib.error.HTTPError as exc:
+            if exc.code == 416 and offset:  # the .part is not a prefix of this file: start over
+                part.unlink(missing_ok=True)
+                continue
+            raise TransferError(f"HTTP {exc.code} {exc.reason}") from None
+        except urllib.error.URLError as exc:
+            reason = exc.reason.strerror if isinstance(exc.reason, OSError) and exc.reason.strerror else exc.reason
+            raise TransferError(str(reason)) from None
+        except (http.client.HTTPException, ConnectionError, socket.timeout) as exc:
+            received = part.stat().st_size if part.exists() else 0
+            if received > offset:
+                continue  # progress was made: resume from where it broke
+            raise TransferError(f"transfer failed ({type(exc).__name__}: {exc})") from None
+        size = part.stat().st_size
+        if total is not None and size != total:
+            if size < total:
+                continue
+            part.unlink(missing_ok=True)
+            raise TransferError(f"received {size} bytes, the server announced {total}")
+        os.replace(part, dest)
+        return
+    raise TransferError(f"transfer kept breaking off; {part.name} is kept and the next try resumes it")
+
+
+def _receive(response, part: Path, offset: int, label: str) -> int | None:
+    """Write the response body to `part` (appending on 206); return the file's announced full size."""
+    length = response.headers.get("Content-Length")
+    if response.status == 206:
+        content_range = response.headers.get("Content-Range", "")
+        total = content_range.rpartition("/")[2]
+        total = int(total) if total.isdigit() else (offset + int(length) if length else None)
+        mode = "ab"
+    else:  # a full answer: the server ignored the Range, or there was none
+        offset, mode = 0, "wb"
+        total = int(length) if length else None
+    try:
+        with open(part, mode) as f, tqdm(
+            total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024, desc=label, leave=False
+        ) as bar:
+            while chunk := response.read(CHUNK):
+                f.write(chunk)
+                bar.update(len(chunk))
+            f.flush()
+            os.fsync(f.fileno())
+    except (http.client.HTTPException, ConnectionError, socket.timeout):
+        raise
+    except OSError as exc:  # disk full, read-only folder...: no partial file is kept
+        part.unlink(missing_ok=True)
+        raise GptkitError(f"{part.with_name(label)}: cannot write ({exc.strerror or exc})") from None
+    return total
+
+
+def check_tensors(found: Mapping[str, tuple[int, ...]], expected: Mapping[str, tuple[int, ...]], where: str, why: str) -> None:
+    """Every expected tensor present with its shape and nothing else; else one error naming them.
+
+    `why` says where the expected shapes come from (e.g. "hparams.json").
+    """
+
+    def listed(names: list[str]) -> str:
+        return ", ".join(names[:5]) + (f" ... ({len(names)} in all)" if len(names) > 5 else "")
+
+    missing = [n for n in expected if n not in found]
+    extra = sorted(n for n in found if n not in expected)
+    misshapen = [
+        f"{n} {list(found[n])} ({why} implies {list(shape)})"
+        for n, shape in expected.items()
+        if n in found and tuple(found[n]) != tuple(shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing tensor{'s' * (len(missing) > 1)} {listed(missing)}")
+    if extra:
+        problems.append(f"unexpected tensor{'s' * (len(extra) > 1)} {listed(extra)}")
+    if misshapen:
+        problems.append(f"wrong shape{'s' * (len(misshapen) > 1)}: {listed(misshapen)}")
+    if problems:
+        raise GptkitError(f"{where}: {'; '.join(problems)}")
