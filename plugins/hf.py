@@ -97,9 +97,9 @@ def to_hf(state: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.
             tensor = torch.zeros(3 * config.emb_dim, dtype=state["tok_emb.weight"].dtype)
         else:
             tensor = state[pt].t() if conv else state[pt]
-        out["transformer." + hf] = tensor.detach().cpu().contiguous()
+        out["transformer." + hf] = tensor.detach().contiguous()
     if not config.tie_weights:
-        out["lm_head.weight"] = state["head.weight"].detach().cpu().contiguous()
+        out["lm_head.weight"] = state["head.weight"].detach().contiguous()
     return out
 
 
@@ -276,7 +276,7 @@ def save_folder(loaded: LoadedModel, directory: Path) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
-        save_file(to_hf(loaded.state_dict, config), str(tmp / WEIGHTS), metadata={"format": "pt"})
+        save_file({k: v.cpu() for k, v in to_hf(loaded.state_dict, config).items()}, str(tmp / WEIGHTS), metadata={"format": "pt"})
         (tmp / CONFIG).write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")
         if loaded.tokenizer is not None and not write_vocab_files(loaded.tokenizer, tmp):
             name = getattr(loaded.tokenizer, "name", "?")

@@ -153,7 +153,7 @@ class CheckpointReader:
             os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
             import tensorflow as tf
 
-            self._errors = (tf.errors.OpError,)
+            self._errors = (tf.errors.OpError, IndexError, ValueError, RuntimeError)  # pywrap maps codes to these
             self._tf = self._call(tf.train.load_checkpoint, str(prefix))
         else:
             from gptkit_plugins import tf_bundle
