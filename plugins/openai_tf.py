@@ -166,6 +166,8 @@ class CheckpointReader:
             return fn(*args)
         except self._errors as exc:
             message = (getattr(exc, "message", None) or str(exc)).strip().splitlines()[0]
+            if self.kind == "python":  # gptkit's reader names the file and tensor itself
+                raise GptkitError(message) from None
             raise GptkitError(f"{self.prefix}: unreadable TensorFlow checkpoint ({message})") from None
 
     def shapes(self) -> dict[str, tuple[int, ...]]:

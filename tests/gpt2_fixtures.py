@@ -31,15 +31,20 @@ MERGES = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("Ġ", "m"), ("o", "v"), ("Ġm
           ("f", "f"), ("Ġe", "ff"), ("o", "r"), ("Ġeff", "or"), ("Ġeffor", "t")]
 
 
-def write_vocab(folder: Path, encoder: str = "encoder.json", merges: str = "vocab.bpe") -> None:
-    """A tiny GPT-2 vocabulary: the 256 bytes (in GPT-2's order), MERGES, end-of-text at 50256."""
+def write_vocab(folder: Path, encoder: str = "encoder.json", merges: str = "vocab.bpe", real: bool = False) -> None:
+    """A tiny GPT-2 vocabulary: the 256 bytes (in GPT-2's order), MERGES, end-of-text at 50256;
+    or GPT-2's own when `real` and ../shared/data has it."""
     from gptkit_plugins.tokenizers import _data_gym_byte_decoder
 
+    folder.mkdir(parents=True, exist_ok=True)
+    if real and SHARED_GPT2.is_dir():
+        shutil.copyfile(SHARED_GPT2 / "encoder.json", folder / encoder)
+        shutil.copyfile(SHARED_GPT2 / "vocab.bpe", folder / merges)
+        return
     vocab = {char: rank for rank, char in enumerate(_data_gym_byte_decoder())}
     for a, b in MERGES:
         vocab[a + b] = len(vocab)
     vocab["<|endoftext|>"] = 50256
-    folder.mkdir(parents=True, exist_ok=True)
     (folder / encoder).write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     (folder / merges).write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in MERGES), encoding="utf-8")
 
@@ -62,11 +67,7 @@ def random_hf_model(n_vocab, n_ctx, n_embd, n_head, n_layer, seed=0, tie=True):
 def write_hf_folder(model, folder: Path, real_vocab: bool = False) -> Path:
     """model.safetensors + config.json by transformers; GPT-2's own vocabulary when `real_vocab` and present."""
     model.save_pretrained(folder, safe_serialization=True)
-    if real_vocab and SHARED_GPT2.is_dir():
-        shutil.copyfile(SHARED_GPT2 / "encoder.json", folder / "vocab.json")
-        shutil.copyfile(SHARED_GPT2 / "vocab.bpe", folder / "merges.txt")
-    else:
-        write_vocab(folder, "vocab.json", "merges.txt")
+    write_vocab(folder, "vocab.json", "merges.txt", real=real_vocab)
     return folder
 
 
@@ -89,7 +90,7 @@ def openai_variables(model, drop=(), extra=None) -> dict:
     return out
 
 
-def write_openai_folder(model, folder: Path, drop=(), extra=None) -> Path:
+def write_openai_folder(model, folder: Path, drop=(), extra=None, real_vocab: bool = False) -> Path:
     """The seven files of an OpenAI GPT-2 size, the checkpoint written by TensorFlow (SaveV2)."""
     import os
 
@@ -106,7 +107,7 @@ def write_openai_folder(model, folder: Path, drop=(), extra=None) -> Path:
     (folder / "hparams.json").write_text(json.dumps(hparams, indent=2), encoding="utf-8")
     (folder / "checkpoint").write_text('model_checkpoint_path: "model.ckpt"\nall_model_checkpoint_paths: "model.ckpt"\n')
     (folder / "model.ckpt.meta").write_bytes(b"meta graph: not read by gptkit")
-    write_vocab(folder)
+    write_vocab(folder, real=real_vocab)
     return folder
 
 

@@ -3,6 +3,7 @@ random HF model): logits equal transformers', export round-trips, `[init] checkp
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -36,6 +37,18 @@ def gptkit_logits(source) -> torch.Tensor:
 @pytest.mark.parametrize("source", [OPENAI_TINY, HF_TINY], ids=["openai", "hf"])
 def test_logits_match_transformers(source, reference):
     torch.testing.assert_close(gptkit_logits(source), reference, atol=1e-4, rtol=0)
+
+
+def test_openai_folder_reads_without_tensorflow(reference):
+    """gptkit's own tensor-bundle reader gives the same model as TensorFlow would."""
+    from gptkit.model import GPT
+    from gptkit_plugins.openai_tf import load_folder
+
+    loaded = load_folder(OPENAI_TINY, reader="python")
+    model = GPT(loaded.model_config)
+    model.load_state_dict(loaded.state_dict)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(IDS), reference, atol=1e-4, rtol=0)
 
 
 def test_openai_folder_gives_gpt2_config_and_its_tokenizer():
@@ -177,6 +190,19 @@ def test_gpt2_generate_experiment_validates():
 # --- bad input: each error names the file or tensor ------------------------------------------------
 
 
+READERS = ["python"] + (["tensorflow"] if importlib.util.find_spec("tensorflow") else [])
+
+
+@pytest.fixture(params=READERS)
+def reader(request, monkeypatch):
+    """Run an OpenAI-folder test with each checkpoint reader this machine has."""
+    from gptkit_plugins import openai_tf
+
+    real = openai_tf.pick_reader
+    monkeypatch.setattr(openai_tf, "pick_reader", lambda kind: real(request.param if kind == "auto" else kind))
+    return request.param
+
+
 def expect_error(source, *fragments):
     with pytest.raises(GptkitError) as info:
         load_source(source)
@@ -188,20 +214,20 @@ def expect_error(source, *fragments):
 
 
 @pytest.mark.parametrize("name", ["encoder.json", "vocab.bpe", "hparams.json", "model.ckpt.index", "model.ckpt.data-00000-of-00001"])
-def test_openai_missing_file(tmp_path, name):
+def test_openai_missing_file(reader, tmp_path, name):
     folder = copy_folder(OPENAI_TINY, tmp_path / "m")
     (folder / name).unlink()
     expect_error(folder, str(folder / name), "missing")
 
 
-def test_openai_truncated_shard(tmp_path):
+def test_openai_truncated_shard(reader, tmp_path):
     folder = copy_folder(OPENAI_TINY, tmp_path / "m")
     data = folder / "model.ckpt.data-00000-of-00001"
     data.write_bytes(data.read_bytes()[:-100])
     expect_error(folder, str(folder / "model.ckpt"))
 
 
-def test_openai_corrupted_shard(tmp_path):
+def test_openai_corrupted_shard(reader, tmp_path):
     folder = copy_folder(OPENAI_TINY, tmp_path / "m")
     data = folder / "model.ckpt.data-00000-of-00001"
     raw = bytearray(data.read_bytes())
@@ -220,7 +246,7 @@ def test_openai_corrupted_shard(tmp_path):
         ("n_head", 3, "n_embd = 16 is not divisible by n_head = 3"),
     ],
 )
-def test_openai_hparams_that_disagree(tmp_path, key, value, fragment):
+def test_openai_hparams_that_disagree(reader, tmp_path, key, value, fragment):
     folder = copy_folder(OPENAI_TINY, tmp_path / "m")
     hparams = json.loads((folder / "hparams.json").read_text())
     (folder / "hparams.json").write_text(json.dumps({**hparams, key: value}))
