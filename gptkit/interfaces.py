@@ -113,7 +113,9 @@ class LoadedModel:
 @runtime_checkable
 class CheckpointLoader(Protocol):
     """Built as `factory(ctx, **params)`. `source` is a folder, file or model name; None means the
-    one named by the loader's own parameters (as in `[init] checkpoint = {name = ..., model = ...}`)."""
+    one named by the loader's own parameters (as in `[init] checkpoint = {name = ..., model = ...}`).
+    Every parameter has a default, so `gptkit.sources` can build a loader bare to ask `can_load`.
+    A loader that can also write its format has `save(loaded, directory) -> Path` (`gptkit export`)."""
 
     def can_load(self, source: str) -> bool: ...
 
