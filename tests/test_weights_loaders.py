@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -34,6 +33,15 @@ def gptkit_logits(source) -> torch.Tensor:
         return model(IDS)
 
 
+def gptkit_logits_of(loaded) -> torch.Tensor:
+    from gptkit.model import GPT
+
+    model = GPT(loaded.model_config)
+    model.load_state_dict(loaded.state_dict)
+    with torch.no_grad():
+        return model.eval()(IDS)
+
+
 @pytest.mark.parametrize("source", [OPENAI_TINY, HF_TINY], ids=["openai", "hf"])
 def test_logits_match_transformers(source, reference):
     torch.testing.assert_close(gptkit_logits(source), reference, atol=1e-4, rtol=0)
@@ -41,14 +49,9 @@ def test_logits_match_transformers(source, reference):
 
 def test_openai_folder_reads_without_tensorflow(reference):
     """gptkit's own tensor-bundle reader gives the same model as TensorFlow would."""
-    from gptkit.model import GPT
     from gptkit_plugins.openai_tf import load_folder
 
-    loaded = load_folder(OPENAI_TINY, reader="python")
-    model = GPT(loaded.model_config)
-    model.load_state_dict(loaded.state_dict)
-    with torch.no_grad():
-        torch.testing.assert_close(model.eval()(IDS), reference, atol=1e-4, rtol=0)
+    torch.testing.assert_close(gptkit_logits_of(load_folder(OPENAI_TINY, reader="python")), reference, atol=1e-4, rtol=0)
 
 
 def test_openai_folder_gives_gpt2_config_and_its_tokenizer():
@@ -299,11 +302,20 @@ def test_hf_activation_gptkit_cannot_match(tmp_path):
     expect_error(folder, str(folder / "config.json"), "activation_function 'relu'")
 
 
-def test_hub_id_unreachable_is_a_clear_error(monkeypatch):
-    from gpt2_fixtures import closed_port_url
+def test_hub_id_unreachable_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # never contact the hub from tests
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    expect_error("openai-community/gpt2-does-not-exist", "openai-community/gpt2-does-not-exist: could not download from the Hugging Face hub")
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", os.fspath(Path(os.environ.get("TMPDIR", "/tmp")) / "gptkit-test-empty-hf-home"))
-    message = expect_error("openai-community/gpt2-does-not-exist", "openai-community/gpt2-does-not-exist", "Hugging Face hub")
-    assert closed_port_url()  # (the hub itself is never contacted offline)
-    assert "\n" not in message
+
+def test_init_from_a_gptkit_model_folder(tmp_path, reference):
+    from gptkit.config import Component
+    from gptkit.interfaces import Context
+    from gptkit.registry import registry
+
+    assert CliRunner().invoke(cli, ["export", str(HF_TINY), str(tmp_path / "native"), "--format", "gptkit"]).exit_code == 0
+    loader = registry.checkpoint.build(Component("gptkit", {"path": str(tmp_path / "native")}), Context())
+    assert loader.can_load(str(tmp_path / "native")) and not loader.can_load(str(HF_TINY))
+    torch.testing.assert_close(gptkit_logits_of(loader.load()), reference, atol=1e-4, rtol=0)
+    with pytest.raises(GptkitError, match="needs a path"):
+        registry.checkpoint.build(Component("gptkit"), Context()).load()
