@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -280,7 +281,7 @@ def save_folder(loaded: LoadedModel, directory: Path) -> Path:
         (tmp / CONFIG).write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")
         if loaded.tokenizer is not None and not write_vocab_files(loaded.tokenizer, tmp):
             name = getattr(loaded.tokenizer, "name", "?")
-            print(f"note: tokenizer {name!r} has no Hugging Face GPT-2 form; wrote the weights and config only")
+            print(f"note: tokenizer {name!r} has no Hugging Face GPT-2 form; wrote the weights and config only", file=sys.stderr)
         for path in tmp.iterdir():
             fsync_file(path)
         tmp.chmod(0o755)

@@ -30,7 +30,7 @@ class GptkitLoader:
         from gptkit.sources import latest_checkpoint
 
         path = Path(source)
-        return path.is_dir() and ((path / CONFIG).is_file() and _is_gptkit_config(path) or latest_checkpoint(path) is not None)
+        return path.is_dir() and (_is_gptkit_config(path) or latest_checkpoint(path) is not None)
 
     def load(self, source: str | None = None) -> LoadedModel:
         from gptkit.sources import latest_checkpoint
