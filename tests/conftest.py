@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = ROOT.parent / "shared" / "data"
+# ../shared/data beside the checkout (CI, the main worktree), or further up (a git worktree in a subfolder).
+SHARED_DATA = next(
+    (p / "shared" / "data" for p in ROOT.parents if (p / "shared" / "data" / "gpt2" / "vocab.bpe").is_file()),
+    ROOT.parent / "shared" / "data",
+)
 EXPERIMENTS = sorted((ROOT / "experiments").glob("*.toml"))
 
 

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import torch
 
+from conftest import SHARED_DATA
+
 DATA = Path(__file__).resolve().parent / "data"
 OPENAI_TINY = DATA / "openai-tiny"
 HF_TINY = DATA / "hf-tiny"
-# ../shared/data beside the checkout (the main worktree), or two levels up (a worktree under wt/).
-SHARED_GPT2 = next((p / "shared" / "data" / "gpt2" for p in Path(__file__).resolve().parents[1:4]
-                    if (p / "shared" / "data" / "gpt2" / "vocab.bpe").is_file()), Path("/nonexistent"))
+SHARED_GPT2 = SHARED_DATA / "gpt2"
 TINY = dict(n_vocab=97, n_ctx=16, n_embd=16, n_head=2, n_layer=2)
 
 # Merges of a tiny vocabulary in GPT-2's spelling (Ġ is a space); each is what BPE would pick.
