@@ -103,9 +103,14 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def build_context(config: Config, device: torch.device, out_dir: Path | None = None) -> Context:
-    """The tokenizer and prompt format, in a Context for the run's other components."""
+    """The tokenizer and prompt format, in a Context for the run's other components.
+
+    With `[init] checkpoint` the tokenizer is the checkpoint's (its ids are what the weights know):
+    `build_model` puts it in the context, and `[data] tokenizer` is only used if the checkpoint has none.
+    """
     ctx = Context(device=device, out_dir=out_dir)
-    ctx.tokenizer = registry.tokenizer.build(config.data.tokenizer, ctx)
+    if config.init.checkpoint is None:
+        ctx.tokenizer = registry.tokenizer.build(config.data.tokenizer, ctx)
     if config.data.prompt is not None:
         ctx.prompt = registry.prompt.build(config.data.prompt, ctx)
     return ctx
@@ -116,19 +121,17 @@ def build_model(config: Config, ctx: Context):
     from gptkit.model import GPT, GPTConfig
 
     if config.init.checkpoint is not None:
-        from gptkit.sources import load_state
+        from gptkit.sources import model_with_weights
 
         loaded = registry.checkpoint.build(config.init.checkpoint, ctx).load()
         model_config = GPTConfig.from_section(config.model, base=loaded.model_config)
-        model = GPT(model_config)
-        load_state(model, loaded.state_dict, config.init.checkpoint.name)
-        if loaded.tokenizer is not None:
-            ctx.tokenizer = loaded.tokenizer
+        model = model_with_weights(model_config, loaded.state_dict, f"init.checkpoint ({config.init.checkpoint.name})")
+        ctx.tokenizer = loaded.tokenizer or registry.tokenizer.build(config.data.tokenizer, ctx)
     else:
         model_config = GPTConfig.from_section(config.model)
         model = GPT(model_config)
     ctx.model_config = model_config
-    if ctx.tokenizer is not None and ctx.tokenizer.vocab_size > model_config.vocab_size:
+    if ctx.tokenizer.vocab_size > model_config.vocab_size:
         raise GptkitError(
             f"model.vocab_size = {model_config.vocab_size} is smaller than the tokenizer's "
             f"{ctx.tokenizer.vocab_size} ids ({ctx.tokenizer.name})"

@@ -73,17 +73,27 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: s
     model.load_state_dict(state, strict=True)
 
 
-def load_model(source: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
-    """(model in eval mode, tokenizer) from any SOURCE."""
+def model_with_weights(model_config, state: dict[str, torch.Tensor], source, device: str | torch.device = "cpu"):
+    """A GPT holding `state`, built without a throwaway random initialisation (no 2x memory).
+
+    Its parameters are allocated empty on `device` and filled from `state`, so component plugins
+    must keep any buffer they need in the state dict (persistent) or rebuild it lazily.
+    """
     from gptkit.model import GPT
 
-    loaded = load_source(source, Context(device=device))
     with torch.device("meta"):
-        model = GPT(loaded.model_config)
+        model = GPT(model_config)
     model.to_empty(device=device)
-    load_state(model, loaded.state_dict, source)
-    if loaded.model_config.tie_weights:
+    load_state(model, state, source)
+    if model_config.tie_weights:
         model.head.weight = model.tok_emb.weight
+    return model
+
+
+def load_model(source: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
+    """(model in eval mode, tokenizer) from any SOURCE."""
+    loaded = load_source(source, Context(device=device))
+    model = model_with_weights(loaded.model_config, loaded.state_dict, source, device)
     if dtype is not None:
         model.to(dtype=dtype)
     return model.eval(), loaded.tokenizer

@@ -168,6 +168,24 @@ def test_init_checkpoint_gives_the_sizes_and_weights(tmp_path, hf_gpt2_vocab):
     assert (tmp_path / "run" / "samples.txt").read_text(encoding="utf-8").startswith("Every effort moves you")
 
 
+def test_init_checkpoint_tokenizer_needs_no_tiktoken(tmp_path, hf_gpt2_vocab, monkeypatch):
+    """Offline, a checkpoint's own vocabulary is enough: [data] tokenizer (tiktoken) is not consulted."""
+    import tiktoken
+
+    import gptkit
+    from gptkit.runs import build_context, build_model
+
+    def offline(name):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(tiktoken, "get_encoding", offline)
+    config = gptkit.load_config(write_experiment(tmp_path, "drop_rate = 0.0"))
+    ctx = build_context(config, torch.device("cpu"))
+    assert ctx.tokenizer is None
+    build_model(config, ctx)
+    assert ctx.tokenizer.vocab_size == 50257
+
+
 @pytest.mark.parametrize(
     "model_lines, message",
     [
