@@ -68,6 +68,7 @@ class ModelSection:
     drop_rate: float = 0.0
     qkv_bias: bool | None = None  # None: from the checkpoint, else False
     tie_weights: bool | None = None  # None: from the checkpoint, else True
+    init: Literal["gpt2", "torch-default"] = "gpt2"  # random init: GPT-2's N(0, 0.02), or PyTorch's layer defaults
     attention: Component = kind("attention", factory=lambda: Component("causal"))
     norm: Component = kind("norm", factory=lambda: Component("layernorm"))
     feedforward: Component = kind("feedforward", factory=lambda: Component("gelu-mlp"))

@@ -275,8 +275,8 @@ class Trainer:
 
     @torch.inference_mode()
     def mean_loss(self, examples: Sequence[Example], order: Sequence[int]) -> float:
-        """Eval-mode mean of the batch losses over the first `eval_batches` batches (NaN when empty)."""
-        bs = self.config.train.batch_size
+        """Eval-mode mean of the batch losses over the first `eval_batches` (micro-)batches (NaN when empty)."""
+        bs = self.config.train.batch_size // self.config.train.grad_accum
         starts = range(0, len(order), bs)[: self.config.train.eval_batches]
         self.forward.eval()
         losses = []
