@@ -45,6 +45,7 @@ batch_size = 4
 lr = 3e-3
 eval_every = 3
 eval_batches = 2
+save_best = false
 [generate]
 max_new_tokens = 8
 """
@@ -69,7 +70,7 @@ def losses(run_dir: Path) -> list[tuple[int, float]]:
 
 
 def test_run_writes_metrics_plot_samples_and_checkpoints(tmp_path):
-    final = gptkit.run(tiny_config(tmp_path))
+    final = gptkit.run(tiny_config(tmp_path, "train.save_best=true"))
     run = tmp_path / "run"
     logged = rows(run)
     steps_per_epoch = len(logged) // 3
