@@ -1,10 +1,16 @@
-"""gptkit's own model format, and atomic file writing.
+"""gptkit's own model format, run checkpoints, and atomic file writing.
 
 A model folder holds:
     model.safetensors   weights in gptkit's canonical names (the tied head is not stored twice)
     config.json         {"format": "gptkit", "version": 1, "model": GPTConfig, "tokenizer": spec}
     + the tokenizer's files (e.g. tokenizer.tiktoken), named relative to the folder by its spec
 Weights load with safetensors only: nothing in a model folder is unpickled.
+
+A run checkpoint, `<run>/checkpoints/step-000123/`, is a model folder plus `training_state.pt`
+(optimizer, scheduler, step, RNG states, ...: tensors and plain values only, read back with
+`torch.load(weights_only=True)`). `<run>/checkpoints/best/` is the model with the best val_loss.
+Every folder is written beside its final place and renamed into it, so a crash or a full disk
+leaves the previous checkpoint as it was.
 """
 
 from __future__ import annotations
@@ -27,6 +33,9 @@ FORMAT = "gptkit"
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+STATE = "training_state.pt"
+CHECKPOINTS = "checkpoints"
+BEST = "best"
 
 
 def fsync_dir(path: Path) -> None:
@@ -80,8 +89,10 @@ def save_model_files(directory: Path, model: torch.nn.Module, tokenizer: Any) ->
         fsync_file(directory / name)
 
 
-def save_model(directory: str | Path, model: torch.nn.Module, tokenizer: Any) -> Path:
-    """Write a model folder atomically: into a temp folder beside it, then renamed into place."""
+def save_model(directory: str | Path, model: torch.nn.Module, tokenizer: Any, state: dict[str, Any] | None = None) -> Path:
+    """Write a model folder atomically: into a temp folder beside it, then renamed into place.
+
+    `state` (plain values and tensors) is saved beside the weights as the training state."""
     final = Path(directory)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
@@ -89,6 +100,8 @@ def save_model(directory: str | Path, model: torch.nn.Module, tokenizer: Any) ->
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)
     try:
+        if state is not None:
+            torch.save(state, tmp / STATE)
         save_model_files(tmp, model, tokenizer)
         replace_dir(tmp, final)
     except BaseException:
@@ -138,3 +151,54 @@ def load_model_files(directory: str | Path, ctx=None) -> LoadedModel:
         spec["path"] = str(directory / spec["path"])
     tokenizer = registry.tokenizer.build(Component(name, spec), ctx or Context())
     return LoadedModel(model_config, state, tokenizer)
+
+
+# --- run checkpoints ----------------------------------------------------------------------------
+
+
+def step_dir(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / CHECKPOINTS / f"step-{step:06d}"
+
+
+def step_checkpoints(run_dir: Path) -> list[Path]:
+    """The run's complete `checkpoints/step-N` folders, oldest first."""
+    from gptkit.sources import STEP_DIR
+
+    found = [(int(m.group(1)), p) for p in (Path(run_dir) / CHECKPOINTS).glob("step-*") if (m := STEP_DIR.search(p.name))]
+    return [p for _, p in sorted(found) if (p / STATE).is_file() and is_model_dir(p)]
+
+
+def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, tokenizer: Any, state: dict[str, Any], keep: int) -> Path:
+    """Write `checkpoints/step-N` (model + training state) atomically, then keep only the last `keep`."""
+    path = save_model(step_dir(run_dir, step), model, tokenizer, state)
+    for old in step_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def load_training_state(path: str | Path) -> dict[str, Any]:
+    """The training state of a run checkpoint, unpickled safely (tensors and plain values only)."""
+    file = Path(path) / STATE
+    if not file.is_file():
+        raise GptkitError(f"{path}: not a run checkpoint (no {STATE}); resume from a checkpoints/step-N folder or a run folder")
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise GptkitError(f"{file}: unreadable or corrupt ({type(exc).__name__}: {exc})") from None
+
+
+def resume_path(resume: str, run_dir: Path) -> Path | None:
+    """The checkpoint `run.resume` names: none -> None, auto -> the run's latest (or None), else a
+    checkpoint folder or a run folder (its latest checkpoint)."""
+    if resume == "none":
+        return None
+    if resume == "auto":
+        found = step_checkpoints(run_dir)
+        return found[-1] if found else None
+    path = Path(resume)
+    if (path / STATE).is_file():
+        return path
+    found = step_checkpoints(path) if path.is_dir() else []
+    if not found:
+        raise GptkitError(f"run.resume: {resume} is neither a run checkpoint (checkpoints/step-N) nor a run folder holding one")
+    return found[-1]

@@ -170,6 +170,29 @@ def export(source: str, directory: str, fmt: str) -> None:
     click.echo(writer.save(load_source(source), target))
 
 
+@cli.command("eval")
+@click.argument("source")
+@click.option("--text", "text_file", required=True, type=click.Path(dir_okay=False), help="UTF-8 text file to score.")
+@click.option("--stride", type=int, help="Window stride in tokens for texts longer than the context (default: the context).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: loss, perplexity, tokens.")
+def eval_command(source: str, text_file: str, stride: int | None, device: str, as_json: bool) -> None:
+    """Mean cross-entropy and perplexity of SOURCE's model on a text (no token prepended)."""
+    import json
+
+    from gptkit.runs import read_text, resolve_device
+    from gptkit.sources import load_model
+    from gptkit.training import text_loss
+
+    text = read_text(text_file)
+    model, tokenizer = load_model(source, device=resolve_device(device))
+    result = text_loss(model, tokenizer.encode(text), stride=stride)
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        click.echo(f"loss {result['loss']:.4f}  perplexity {result['perplexity']:.2f}  ({result['tokens']} tokens predicted)")
+
+
 def _add_plugin_commands() -> None:
     from gptkit import plugins as plugin_manager
 

@@ -68,6 +68,7 @@ class ModelSection:
     drop_rate: float = 0.0
     qkv_bias: bool | None = None  # None: from the checkpoint, else False
     tie_weights: bool | None = None  # None: from the checkpoint, else True
+    init: Literal["gpt2", "torch-default"] = "gpt2"  # random init: GPT-2's N(0, 0.02), or PyTorch's layer defaults
     attention: Component = kind("attention", factory=lambda: Component("causal"))
     norm: Component = kind("norm", factory=lambda: Component("layernorm"))
     feedforward: Component = kind("feedforward", factory=lambda: Component("gelu-mlp"))
@@ -109,6 +110,7 @@ class TrainSection:
     checkpoint_every: int = 0  # 0: only at the end
     keep_checkpoints: int = 2
     early_stopping_patience: int = 0  # evaluations without a better val_loss; 0: never stop early
+    save_best: bool = True  # keep checkpoints/best: the model with the lowest val_loss so far
     log_every: int = 1
 
 
@@ -503,6 +505,8 @@ def _check(config: Config, s: _Structurer) -> None:
     for key in ("max_steps", "eval_every", "checkpoint_every", "warmup_steps", "early_stopping_patience"):
         if getattr(t, key) < 0:
             s.problem(f"train.{key}", f"must be >= 0, got {getattr(t, key)}")
+    if t.batch_size % t.grad_accum:
+        s.problem("train.grad_accum", f"must divide train.batch_size = {t.batch_size}, got {t.grad_accum}")
     if t.lr <= 0:
         s.problem("train.lr", f"must be > 0, got {t.lr}")
     split = config.data.split

@@ -55,6 +55,7 @@ class GPTConfig:
     drop_rate: float = 0.0
     qkv_bias: bool = False
     tie_weights: bool = True
+    init: str = "gpt2"  # gpt2 | torch-default (see GPT.reset_parameters)
     attention: Component = attrs.field(factory=lambda: Component("causal"))
     norm: Component = attrs.field(factory=lambda: Component("layernorm"))
     feedforward: Component = attrs.field(factory=lambda: Component("gelu-mlp"))
@@ -95,6 +96,7 @@ class GPTConfig:
             drop_rate=section.drop_rate,
             qkv_bias=section.qkv_bias if section.qkv_bias is not None else (base.qkv_bias if base else False),
             tie_weights=section.tie_weights if section.tie_weights is not None else (base.tie_weights if base else True),
+            init=section.init,
             attention=section.attention,
             norm=section.norm,
             feedforward=section.feedforward,
@@ -146,7 +148,13 @@ class GPT(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """GPT-2's initialisation: N(0, 0.02), zero biases, residual projections (`*.proj`) scaled by 1/sqrt(2N)."""
+        """GPT-2's initialisation: N(0, 0.02), zero biases, residual projections (`*.proj`) scaled by 1/sqrt(2N).
+
+        `init = "torch-default"` keeps what PyTorch's layers start with (nn.Embedding N(0, 1), nn.Linear
+        uniform in ±1/sqrt(fan_in)), as the original scripts do: their loss curves assume it.
+        """
+        if self.config.init == "torch-default":
+            return
         residual_std = 0.02 / math.sqrt(2 * self.config.n_layers)
         for name, module in self.named_modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):

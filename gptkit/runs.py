@@ -102,6 +102,27 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def decode_utf8(data: bytes, path: str | Path, offset: int = 0, line: int = 1) -> str:
+    """UTF-8 text; bad bytes are an error naming the file, line and byte offset (`data` starts at those)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line += data.count(b"\n", 0, exc.start)
+        raise GptkitError(
+            f"{path}: not UTF-8 text: byte 0x{data[exc.start]:02x} at line {line}, byte offset {offset + exc.start}; "
+            "convert it to UTF-8 (e.g. `iconv -t utf-8`)"
+        ) from None
+
+
+def read_text(path: str | Path) -> str:
+    """A UTF-8 text file; an unreadable file or bad bytes are errors naming the file and where."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise GptkitError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return decode_utf8(data, path)
+
+
 def build_context(config: Config, device: torch.device, out_dir: Path | None = None) -> Context:
     """The tokenizer and prompt format, in a Context for the run's other components.
 

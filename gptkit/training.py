@@ -1,0 +1,458 @@
+"""The training engine, shared by every recipe that trains (pretrain, instruct, ...).
+
+A recipe makes a `Trainer(config)` (device, seed, run folder, tokenizer, model), builds its own
+examples and collator with the trainer's context, and calls `trainer.fit(train_set, val_set, collator)`.
+The engine owns the rest: the `[train] finetune` strategy, AdamW with weight-decay groups, the LR
+schedule, gradient accumulation and clipping, mixed precision, evaluation, samples, metrics.jsonl,
+loss.png, checkpoints, exact resume, Ctrl-C, and the training-event hooks.
+
+Semantics follow the original scripts (llms-from-scratch ch05 `train_model_simple`): one optimizer
+step per `batch_size` examples, incomplete last batches dropped; evaluation after the first step and
+every `eval_every` steps after it, as eval-mode means over `eval_batches` batches of each split; a
+sample at each epoch end; `tokens_seen` counts input tokens. Resume is exact: the data order of an
+epoch is a function of (seed, epoch), and the checkpoint holds the RNG and optimizer states.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shlex
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from gptkit import checkpoint, plugins
+from gptkit.config import Config
+from gptkit.errors import GptkitError
+from gptkit.generation import generate_ids
+from gptkit.interfaces import Example
+from gptkit.registry import registry
+from gptkit.runs import atomic_write_text, build_context, build_model, out_dir_of, resolve_device, seed_everything, write_run_config
+
+IGNORE_INDEX = -100
+
+
+# --- building blocks ----------------------------------------------------------------------------
+
+
+def split_dataset(dataset: Any, fractions: Sequence[float]) -> list[Sequence[Example]]:
+    """Train/val(/test) parts by ratio: the dataset's own `split(fractions)` when it has one (text
+    cuts its token stream), else contiguous runs of its examples in order."""
+    if hasattr(dataset, "split"):
+        return list(dataset.split(fractions))
+    examples = list(dataset)
+    parts, begin, total = [], 0, 0.0
+    for i, fraction in enumerate(fractions):
+        total += fraction
+        end = len(examples) if i == len(fractions) - 1 else int(round(total * len(examples)))
+        parts.append(examples[begin:end])
+        begin = end
+    return parts
+
+
+def build_optimizer(model: torch.nn.Module, *, lr: float, weight_decay: float, betas, device: torch.device) -> torch.optim.AdamW:
+    """AdamW that decays matrices (weights, embeddings) but not biases and norm gains; fused on CPU and CUDA."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    fused = True if device.type in ("cpu", "cuda") else None
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=fused)
+
+
+def lr_at(step: int, *, lr: float, schedule: str, warmup_steps: int, total_steps: int, min_lr: float) -> float:
+    """The learning rate for optimizer step `step` (0-based): linear warmup, then constant or cosine to min_lr."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    if schedule == "constant":
+        return lr
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """None for fp32; `auto` is bf16 on CUDA GPUs that support it, else fp32."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over the targets not equal to IGNORE_INDEX."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The example order of one epoch: a permutation that depends only on (seed, epoch)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).tolist()
+
+
+@torch.inference_mode()
+def text_loss(model: torch.nn.Module, ids: Sequence[int], *, stride: int | None = None) -> dict[str, float]:
+    """Mean cross-entropy per predicted token of `ids` (no token prepended) and its perplexity.
+
+    Texts longer than the context are scored in windows of `context_length` inputs starting every
+    `stride` tokens (default: the context); each token is scored once, in the first window that
+    predicts it after the previous window's end, so overlapping windows give it more context.
+    """
+    context = model.config.context_length
+    stride = stride or context
+    if not 1 <= stride <= context:
+        raise GptkitError(f"--stride must be between 1 and the context length {context}, got {stride}")
+    if len(ids) < 2:
+        raise GptkitError(f"the text has {len(ids)} token{'s' * (len(ids) != 1)}; at least 2 are needed to predict one")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    tokens = torch.as_tensor(list(ids), dtype=torch.long, device=device)
+    total, scored, begin = 0.0, 0, 0
+    while scored < len(ids) - 1:
+        end = min(begin + context, len(ids) - 1)  # inputs ids[begin:end] predict ids[begin+1:end+1]
+        targets = tokens[begin + 1 : end + 1].clone()
+        targets[: max(0, scored - begin)] = IGNORE_INDEX  # already scored by an earlier window
+        logits = model(tokens[begin:end].unsqueeze(0))
+        n = int((targets != IGNORE_INDEX).sum())
+        total += float(lm_loss(logits, targets.unsqueeze(0))) * n
+        scored, begin = end, begin + stride
+    model.train(was_training)
+    loss = total / scored
+    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": scored}
+
+
+def plot_losses(rows: list[dict[str, Any]], path: Path) -> None:
+    """Train and val loss against epochs (bottom axis) and tokens seen (top axis), as the original scripts plot."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    evals = [r for r in rows if "val_loss" in r]
+    if not evals:
+        return
+    epochs = [r["epoch"] for r in evals]
+    train, val = [r["train_loss"] for r in evals], [r["val_loss"] for r in evals]
+    fig = Figure(figsize=(5, 3))
+    FigureCanvasAgg(fig)
+    ax1 = fig.add_subplot()
+    ax1.plot(epochs, train, label="Training loss")
+    ax1.plot(epochs, val, linestyle="-.", label="Validation loss")
+    ax1.set_xlabel("Epochs")
+    ax1.set_ylabel("Loss")
+    ax1.legend(loc="upper right")
+    ax1.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax2 = ax1.twiny()
+    ax2.plot([r["tokens_seen"] for r in evals], train, alpha=0)  # invisible: aligns the top axis
+    ax2.set_xlabel("Tokens seen")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png", dpi=150)
+    os.replace(tmp, path)
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON row per step. On resume, rows after the checkpoint's step are dropped."""
+
+    def __init__(self, path: Path, keep_through: int | None):
+        self.path = path
+        self.rows: list[dict[str, Any]] = []
+        if keep_through is not None and path.is_file():
+            with open(path, encoding="utf-8") as f:
+                self.rows = [r for r in map(json.loads, filter(str.strip, f)) if r["step"] <= keep_through]
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in self.rows))
+        self.file = open(path, "a", encoding="utf-8")
+
+    def write(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class StopRequest:
+    """While active, Ctrl-C (SIGINT) asks the loop to stop after the current step; a second one aborts."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.previous: Any = None
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self.handle)
+        return self
+
+    def handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        tqdm.write("interrupt: stopping after this step and saving a checkpoint (Ctrl-C again to abort)")
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+def resume_command(checkpoint_path: Path) -> str:
+    """The command line that resumes this run (this process's `gptkit run ...` plus run.resume)."""
+    args = [a for a in sys.argv[1:] if not a.startswith("run.resume=")]
+    if args[:1] == ["run"]:
+        return shlex.join(["gptkit", *args, f"run.resume={checkpoint_path}"])
+    return f"gptkit run EXPERIMENT.toml run.resume={shlex.quote(str(checkpoint_path))}"
+
+
+# --- the engine ---------------------------------------------------------------------------------
+
+
+class Trainer:
+    """One training run. Hooks receive it as `run`: `config`, `out_dir`, `model`, `ctx`, `step`."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.device = resolve_device(config.run.device)
+        self.out_dir = out_dir_of(config)
+        self.resume_from = checkpoint.resume_path(config.run.resume, self.out_dir)
+        if config.run.resume == "none" and checkpoint.step_checkpoints(self.out_dir):
+            raise GptkitError(
+                f"{self.out_dir} holds checkpoints of an earlier run; continue it with run.resume=auto, "
+                "or start anew in another run.out_dir (or delete that folder)"
+            )
+        seed_everything(config.run.seed)
+        self.ctx = build_context(config, self.device, self.out_dir)
+        self.model = build_model(config, self.ctx)
+        self.tokenizer = self.ctx.tokenizer
+        write_run_config(config, self.out_dir, self.device)
+        self.step = 0
+        self.tokens_seen = 0
+        self.best_val_loss = math.inf
+        self.evals_since_best = 0
+
+    # -- pieces of a step --
+
+    def batch(self, examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs, targets = self.collator(examples)
+        return inputs.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
+
+    def train_step(self, examples: list[Example]) -> tuple[float, int]:
+        """One optimizer step over `examples` in `grad_accum` micro-batches; (mean loss, input tokens)."""
+        t = self.config.train
+        self.forward.train()
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
+        micro = math.ceil(len(examples) / t.grad_accum)
+        loss_sum, tokens = 0.0, 0
+        for i in range(0, len(examples), micro):
+            inputs, targets = self.batch(examples[i : i + micro])
+            with self.autocast():
+                loss = lm_loss(self.forward(inputs), targets) / t.grad_accum
+            self.scaler.scale(loss).backward()
+            loss_sum += loss.item()
+            tokens += inputs.numel()
+        if not math.isfinite(loss_sum):
+            self.optimizer.zero_grad(set_to_none=True)
+            last = checkpoint.step_checkpoints(self.out_dir)
+            raise GptkitError(
+                f"training loss is {loss_sum} at step {self.step + 1}; stopped without saving "
+                f"(last good checkpoint: {last[-1] if last else 'none'}). Try a lower train.lr, train.grad_clip, or precision fp32"
+            )
+        if t.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_sum, tokens
+
+    @torch.inference_mode()
+    def mean_loss(self, examples: Sequence[Example], order: Sequence[int]) -> float:
+        """Eval-mode mean of the batch losses over the first `eval_batches` (micro-)batches (NaN when empty)."""
+        bs = self.config.train.batch_size // self.config.train.grad_accum
+        starts = range(0, len(order), bs)[: self.config.train.eval_batches]
+        self.forward.eval()
+        losses = []
+        for s in starts:
+            inputs, targets = self.batch([examples[i] for i in order[s : s + bs]])
+            with self.autocast():
+                losses.append(lm_loss(self.forward(inputs), targets).item())
+        self.forward.train()
+        return sum(losses) / len(losses) if losses else math.nan
+
+    def evaluate(self) -> dict[str, float]:
+        return {
+            "train_loss": self.mean_loss(self.train_set, self.train_eval_order),
+            "val_loss": self.mean_loss(self.val_set, range(len(self.val_set))),
+        }
+
+    def sample(self) -> str:
+        """A sample from `[generate] prompt` with `[generate] sampler`, seeded by step (the training RNG is untouched)."""
+        g = self.config.generate
+        generator = torch.Generator(device=self.device).manual_seed(self.config.run.seed + self.step)
+        new_ids = generate_ids(
+            self.model,
+            self.tokenizer.encode(g.prompt),
+            max_new_tokens=g.max_new_tokens,
+            sampler=self.sampler,
+            eos_id=None if g.ignore_eos else self.tokenizer.eos_id,
+            generator=generator,
+        )
+        return g.prompt + self.tokenizer.decode(new_ids)
+
+    # -- checkpoints --
+
+    def state(self) -> dict[str, Any]:
+        cuda = torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []
+        return {
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "steps_per_epoch": self.steps_per_epoch,
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "cuda": cuda},
+            "best_val_loss": self.best_val_loss,
+            "evals_since_best": self.evals_since_best,
+        }
+
+    def save_checkpoint(self) -> Path:
+        previous = checkpoint.step_checkpoints(self.out_dir)
+        try:
+            path = checkpoint.save_checkpoint(
+                self.out_dir, self.step, self.model, self.tokenizer, self.state(), self.config.train.keep_checkpoints
+            )
+        except OSError as exc:
+            kept = f"the previous checkpoint {previous[-1]} is intact" if previous else "no earlier checkpoint exists"
+            raise GptkitError(f"could not save the checkpoint of step {self.step}: {exc.strerror or exc}; {kept}") from None
+        plugins.hook().on_checkpoint(run=self, step=self.step, path=path)
+        return path
+
+    def load_checkpoint(self, path: Path) -> None:
+        from gptkit.sources import load_state
+
+        state = checkpoint.load_training_state(path)
+        if state["steps_per_epoch"] != self.steps_per_epoch:
+            raise GptkitError(
+                f"run.resume: {path} was trained with {state['steps_per_epoch']} steps per epoch, this config gives "
+                f"{self.steps_per_epoch}; the data or train.batch_size changed, so the run cannot resume exactly"
+            )
+        load_state(self.model, checkpoint.load_model_files(path, self.ctx).state_dict, path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if state["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self.step, self.tokens_seen = state["step"], state["tokens_seen"]
+        self.best_val_loss, self.evals_since_best = state["best_val_loss"], state["evals_since_best"]
+
+    def note_eval(self, val_loss: float) -> None:
+        """Track the best val_loss: save it as checkpoints/best, count evaluations without improvement."""
+        if val_loss < self.best_val_loss:
+            self.best_val_loss, self.evals_since_best = val_loss, 0
+            if self.config.train.save_best:
+                checkpoint.save_model(self.out_dir / checkpoint.CHECKPOINTS / checkpoint.BEST, self.model, self.tokenizer)
+        else:
+            self.evals_since_best += 1
+
+    # -- the loop --
+
+    def fit(
+        self,
+        train_set: Sequence[Example],
+        val_set: Sequence[Example],
+        collator: Callable[[list[Example]], tuple[torch.Tensor, torch.Tensor]],
+        sample: Callable[[], str] | None = None,
+    ) -> dict[str, Any]:
+        """Train on `train_set`, evaluate on `val_set`; returns the last metrics row."""
+        config, t = self.config, self.config.train
+        self.train_set, self.val_set, self.collator = train_set, val_set, collator
+        self.steps_per_epoch = len(train_set) // t.batch_size
+        if self.steps_per_epoch == 0:
+            raise GptkitError(f"the training split has {len(train_set)} examples, fewer than train.batch_size = {t.batch_size}")
+        total_steps = t.epochs * self.steps_per_epoch
+        total_steps = min(total_steps, t.max_steps) if t.max_steps else total_steps
+        self.train_eval_order = epoch_order(len(train_set), config.run.seed, -1)
+        self.model = registry.finetune.build(t.finetune, self.ctx)(self.model)
+        self.optimizer = build_optimizer(self.model, lr=t.lr, weight_decay=t.weight_decay, betas=t.betas, device=self.device)
+        dtype = autocast_dtype(t.precision, self.device)
+        self.autocast = lambda: torch.autocast(self.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=dtype == torch.float16)
+        self.forward = torch.compile(self.model) if t.compile else self.model
+        self.sampler = registry.sampler.build(config.generate.sampler, self.ctx)
+        sample = sample or self.sample
+        if self.resume_from is not None:
+            self.load_checkpoint(self.resume_from)
+            tqdm.write(f"resumed from {self.resume_from} (step {self.step})")
+        metrics = MetricsLog(self.out_dir / "metrics.jsonl", self.step if self.resume_from else None)
+        samples_path = self.out_dir / "samples.txt"
+        if not self.resume_from:
+            samples_path.unlink(missing_ok=True)
+        trackers = [registry.tracker.build(spec, self.ctx) for spec in config.track.trackers]
+        for tracker in trackers:
+            plugins.manager.register(tracker)
+        row: dict[str, Any] = metrics.rows[-1] if metrics.rows else {}
+        try:
+            plugins.hook().on_train_start(run=self)
+            with StopRequest() as stop, tqdm(total=total_steps, initial=self.step, desc=config.run.name, unit="step") as bar:
+                order: list[int] = []
+                while self.step < total_steps:
+                    epoch, position = divmod(self.step, self.steps_per_epoch)
+                    if position == 0 or not order:
+                        order = epoch_order(len(train_set), config.run.seed, epoch)
+                    self.lr = lr_at(self.step, lr=t.lr, schedule=t.lr_schedule, warmup_steps=t.warmup_steps, total_steps=total_steps, min_lr=t.min_lr)
+                    started = time.perf_counter()
+                    ids = order[position * t.batch_size : (position + 1) * t.batch_size]
+                    loss, tokens = self.train_step([train_set[i] for i in ids])
+                    seconds = time.perf_counter() - started
+                    self.step += 1
+                    self.tokens_seen += tokens
+                    row = {
+                        "step": self.step,
+                        "epoch": self.step / self.steps_per_epoch,
+                        "tokens_seen": self.tokens_seen,
+                        "lr": self.lr,
+                        "loss": loss,
+                        "tokens_per_s": tokens / seconds,
+                    }
+                    evaluating = (t.eval_every and (self.step - 1) % t.eval_every == 0) or self.step == total_steps
+                    if evaluating:
+                        row.update(self.evaluate())
+                        tqdm.write(
+                            f"Ep {epoch + 1} (Step {self.step:06d}): Train loss {row['train_loss']:.3f}, Val loss {row['val_loss']:.3f}"
+                        )
+                    metrics.write(row)
+                    bar.update()
+                    bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{row['tokens_per_s']:.0f}")
+                    plugins.hook().on_step_end(run=self, step=self.step, metrics=row)
+                    if evaluating:
+                        plugins.hook().on_eval(run=self, step=self.step, metrics=row)
+                        self.note_eval(row["val_loss"])
+                    if self.step % self.steps_per_epoch == 0:
+                        text = sample()
+                        tqdm.write(text.replace("\n", " "))
+                        with open(samples_path, "a", encoding="utf-8") as f:
+                            f.write(f"epoch {epoch + 1}, step {self.step}:\n{text}\n\n")
+                    patience_over = t.early_stopping_patience and self.evals_since_best >= t.early_stopping_patience
+                    if patience_over:
+                        tqdm.write(f"early stopping: no better val_loss in {self.evals_since_best} evaluations")
+                    if stop.requested or patience_over or self.step == total_steps or (t.checkpoint_every and self.step % t.checkpoint_every == 0):
+                        path = self.save_checkpoint()
+                    if stop.requested:
+                        print(f"interrupted at step {self.step}; checkpoint saved to {path}\nresume with: {resume_command(path)}")
+                        break
+                    if patience_over:
+                        break
+            plot_losses(metrics.rows, self.out_dir / "loss.png")
+            plugins.hook().on_train_end(run=self, metrics=row)
+        finally:
+            metrics.close()
+            for tracker in trackers:
+                plugins.manager.unregister(tracker)
+        return row

@@ -1,0 +1,331 @@
+"""The training engine on a tiny model: exact resume, Ctrl-C, checkpoints, metrics, hooks, bad input."""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import gptkit
+from gptkit import checkpoint, plugins
+from gptkit.config import structure
+from gptkit.errors import GptkitError
+from gptkit.training import lr_at, text_loss
+
+TEXT = "".join(f"Line {i}: every effort moves you, said Jack Gisburn, {i * 7 % 13} times.\n" for i in range(24))
+TINY = """
+[run]
+name = "tiny"
+recipe = "pretrain"
+seed = 7
+device = "cpu"
+[model]
+vocab_size = 257
+context_length = 32
+emb_dim = 16
+n_heads = 2
+n_layers = 2
+drop_rate = 0.1
+[data]
+tokenizer = { name = "bytes" }
+split = [0.9, 0.1]
+[train]
+epochs = 3
+batch_size = 4
+lr = 3e-3
+eval_every = 3
+eval_batches = 2
+save_best = false
+[generate]
+max_new_tokens = 8
+"""
+
+
+def tiny_config(tmp_path: Path, *overrides: str):
+    text = tmp_path / "text.txt"
+    if not text.exists():
+        text.write_text(TEXT, encoding="utf-8")
+    import tomllib
+
+    base = [f"run.out_dir={tmp_path / 'run'}", f"data.dataset={{name = 'text', path = '{text}', cache_dir = '{tmp_path / 'cache'}'}}"]
+    return structure(tomllib.loads(TINY), base + list(overrides))
+
+
+def rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def losses(run_dir: Path) -> list[tuple[int, float]]:
+    return [(r["step"], r["loss"]) for r in rows(run_dir)]
+
+
+def test_run_writes_metrics_plot_samples_and_checkpoints(tmp_path):
+    final = gptkit.run(tiny_config(tmp_path, "train.save_best=true"))
+    run = tmp_path / "run"
+    logged = rows(run)
+    steps_per_epoch = len(logged) // 3
+    assert [r["step"] for r in logged] == list(range(1, 3 * steps_per_epoch + 1))
+    assert set(logged[1]) == {"step", "epoch", "tokens_seen", "lr", "loss", "tokens_per_s"}
+    evals = [r["step"] for r in logged if "val_loss" in r]
+    assert evals == sorted({*range(1, len(logged) + 1, 3), len(logged)})  # after step 1, every 3, and at the end
+    assert logged[-1]["tokens_seen"] == len(logged) * 4 * 32 and logged[-1]["epoch"] == 3.0
+    assert final == logged[-1] and final["train_loss"] < logged[0]["train_loss"]
+    assert (run / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert (run / "samples.txt").read_text().count("Every effort moves you") == 3  # one per epoch
+    assert [p.name for p in checkpoint.step_checkpoints(run)] == [f"step-{len(logged):06d}"]
+    model, tokenizer = gptkit.load_model(run / "checkpoints" / "best")
+    assert tokenizer.name == "bytes" and not model.training
+    assert "provenance" in (run / "config.toml").read_text()
+
+
+def test_resume_after_max_steps_equals_an_uninterrupted_run(tmp_path):
+    """Stopped at step 5 (mid-epoch) by max_steps, resumed to 11 (across epoch ends): same losses, with dropout."""
+    full, part = tmp_path / "full", tmp_path / "part"
+    gptkit.run(tiny_config(tmp_path, f"run.out_dir={full}", "train.max_steps=11"))
+    gptkit.run(tiny_config(tmp_path, f"run.out_dir={part}", "train.max_steps=5"))
+    assert len(losses(part)) == 5
+    gptkit.run(tiny_config(tmp_path, f"run.out_dir={part}", "train.max_steps=11", "run.resume=auto"))
+    assert losses(part) == losses(full)
+    evals_full = {r["step"]: (r["train_loss"], r["val_loss"]) for r in rows(full) if "val_loss" in r}
+    evals_part = {r["step"]: (r["train_loss"], r["val_loss"]) for r in rows(part) if "val_loss" in r}
+    assert {s: v for s, v in evals_part.items() if s != 5} == evals_full  # 5: the first run's final evaluation
+    assert [r["tokens_seen"] for r in rows(part)] == [r["tokens_seen"] for r in rows(full)]
+
+
+def test_resume_drops_rows_after_the_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    gptkit.run(tiny_config(tmp_path, "train.max_steps=6", "train.checkpoint_every=2", "train.keep_checkpoints=5"))
+    resume_from = run / "checkpoints" / "step-000004"
+    gptkit.run(tiny_config(tmp_path, "train.max_steps=5", f"run.resume={resume_from}"))
+    assert [r["step"] for r in rows(run)] == [1, 2, 3, 4, 5]
+
+
+def test_sigint_saves_a_checkpoint_exits_0_and_resumes_exactly(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    tiny_config(tmp_path)  # writes the text
+    exp = tmp_path / "tiny.toml"
+    exp.write_text(TINY, encoding="utf-8")
+    common = [f"data.dataset={{name = 'text', path = '{tmp_path / 'text.txt'}', cache_dir = '{tmp_path / 'cache'}'}}", "train.epochs=40"]
+    gptkit_cli = [sys.executable, "-m", "gptkit", "run", str(exp), *common]
+
+    stopped = tmp_path / "stopped"
+    proc = subprocess.Popen([*gptkit_cli, f"run.out_dir={stopped}"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        metrics = stopped / "metrics.jsonl"
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    saved = checkpoint.step_checkpoints(stopped)
+    assert len(saved) == 1
+    k = int(saved[0].name.split("-")[1])
+    assert f"interrupted at step {k}; checkpoint saved to {saved[0]}" in out
+    assert "resume with: gptkit run" in out and f"run.resume={saved[0]}" in out
+    assert len(losses(stopped)) == k
+
+    n = k + 4
+    full = tmp_path / "full"
+    for out_dir, extra in ((stopped, [f"run.resume={saved[0]}"]), (full, [])):
+        subprocess.run([*gptkit_cli, f"run.out_dir={out_dir}", f"train.max_steps={n}", *extra], env=env, check=True, capture_output=True)
+    assert losses(stopped) == losses(full)
+
+
+def test_out_dir_with_another_runs_checkpoints_needs_resume(tmp_path):
+    gptkit.run(tiny_config(tmp_path, "train.max_steps=2"))
+    with pytest.raises(GptkitError, match=r"holds checkpoints of an earlier run; continue it with run.resume=auto"):
+        gptkit.run(tiny_config(tmp_path, "train.max_steps=2"))
+
+
+def test_resume_path_that_is_not_a_checkpoint(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(GptkitError, match=r"run.resume: .*empty is neither a run checkpoint"):
+        gptkit.run(tiny_config(tmp_path, f"run.resume={tmp_path / 'empty'}"))
+
+
+def test_retention_keeps_the_last_checkpoints(tmp_path):
+    gptkit.run(tiny_config(tmp_path, "train.max_steps=7", "train.checkpoint_every=2", "train.keep_checkpoints=2"))
+    assert [p.name for p in checkpoint.step_checkpoints(tmp_path / "run")] == ["step-000006", "step-000007"]
+    assert not [p for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.startswith(".")]
+    state = checkpoint.load_training_state(tmp_path / "run" / "checkpoints" / "step-000007")
+    assert state["step"] == 7 and "optimizer" in state and state["rng"]["torch"].dtype == torch.uint8
+
+
+def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    real_save = torch.save
+    saves = []
+
+    def save(obj, f, *args, **kwargs):
+        saves.append(f)
+        if len(saves) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.torch, "save", save)
+    with pytest.raises(GptkitError, match=r"could not save the checkpoint of step 4: No space left on device; the previous checkpoint .*step-000002 is intact"):
+        gptkit.run(tiny_config(tmp_path, "train.max_steps=6", "train.checkpoint_every=2", "train.save_best=false"))
+    run = tmp_path / "run"
+    assert [p.name for p in checkpoint.step_checkpoints(run)] == ["step-000002"]
+    assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
+    gptkit.load_model(run / "checkpoints" / "step-000002")
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    from gptkit import training
+
+    real = training.lm_loss
+    calls = []
+
+    def poisoned(logits, targets):
+        calls.append(torch.is_grad_enabled())
+        loss = real(logits, targets)
+        return loss * math.nan if sum(calls) > 3 else loss  # the 4th training step goes NaN
+
+    monkeypatch.setattr(training, "lm_loss", poisoned)
+    with pytest.raises(GptkitError, match=r"training loss is nan at step 4; stopped without saving \(last good checkpoint: .*step-000002\)"):
+        gptkit.run(tiny_config(tmp_path, "train.max_steps=8", "train.checkpoint_every=2"))
+    assert [p.name for p in checkpoint.step_checkpoints(tmp_path / "run")] == ["step-000002"]
+
+
+def test_early_stopping_on_val_loss(tmp_path, monkeypatch):
+    from gptkit.training import Trainer
+
+    monkeypatch.setattr(Trainer, "evaluate", lambda self: {"train_loss": 1.0, "val_loss": 2.0})
+    final = gptkit.run(tiny_config(tmp_path, "train.eval_every=1", "train.early_stopping_patience=2"))
+    assert final["step"] == 3  # step 1 sets the best; steps 2 and 3 do not improve on it
+    assert [p.name for p in checkpoint.step_checkpoints(tmp_path / "run")] == ["step-000003"]
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path):
+    one = gptkit.run(tiny_config(tmp_path, f"run.out_dir={tmp_path / 'a'}", "model.drop_rate=0.0", "train.max_steps=3"))
+    acc = gptkit.run(tiny_config(tmp_path, f"run.out_dir={tmp_path / 'b'}", "model.drop_rate=0.0", "train.max_steps=3", "train.grad_accum=2"))
+    for a, b in zip(rows(tmp_path / "a"), rows(tmp_path / "b")):
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
+    assert acc["val_loss"] == pytest.approx(one["val_loss"], abs=1e-4)
+
+
+def test_training_hooks_see_every_event(tmp_path):
+    seen = []
+
+    class Observer:
+        @gptkit.hookimpl
+        def on_train_start(self, run):
+            seen.append(("start", run.config.run.name, run.out_dir.name))
+
+        @gptkit.hookimpl
+        def on_step_end(self, run, step, metrics):
+            seen.append(("step", step, "loss" in metrics))
+
+        @gptkit.hookimpl
+        def on_eval(self, run, step, metrics):
+            seen.append(("eval", step, "val_loss" in metrics))
+
+        @gptkit.hookimpl
+        def on_checkpoint(self, run, step, path):
+            seen.append(("checkpoint", step, Path(path).name))
+
+        @gptkit.hookimpl
+        def on_train_end(self, run, metrics):
+            seen.append(("end", metrics["step"]))
+
+    observer = Observer()
+    plugins.manager.register(observer)
+    try:
+        gptkit.run(tiny_config(tmp_path, "train.max_steps=4"))
+    finally:
+        plugins.manager.unregister(observer)
+    assert seen == [
+        ("start", "tiny", "run"),
+        ("step", 1, True), ("eval", 1, True),
+        ("step", 2, True), ("step", 3, True),
+        ("step", 4, True), ("eval", 4, True),
+        ("checkpoint", 4, "step-000004"),
+        ("end", 4),
+    ]
+
+
+def test_lr_schedule():
+    kw = dict(lr=1.0, warmup_steps=2, total_steps=10, min_lr=0.1)
+    assert [lr_at(s, schedule="constant", **kw) for s in (0, 1, 2, 9)] == [0.5, 1.0, 1.0, 1.0]
+    cosine = [lr_at(s, schedule="cosine", **kw) for s in range(10)]
+    assert cosine[:3] == [0.5, 1.0, 1.0] and cosine[-1] == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 7 / 8)))
+    assert all(a >= b for a, b in zip(cosine[1:], cosine[2:]))
+
+
+def tiny_model(context=16):
+    from gptkit.model import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=50, context_length=context, emb_dim=16, n_heads=2, n_layers=1)).eval()
+
+
+def test_text_loss_in_one_window_is_plain_cross_entropy():
+    model = tiny_model()
+    ids = torch.randint(0, 50, (12,)).tolist()
+    result = text_loss(model, ids)
+    logits = model(torch.tensor([ids[:-1]]))
+    expected = F.cross_entropy(logits[0], torch.tensor(ids[1:])).item()
+    assert result["tokens"] == 11
+    assert result["loss"] == pytest.approx(expected, rel=1e-5) and result["perplexity"] == pytest.approx(math.exp(expected), rel=1e-5)
+
+
+@pytest.mark.parametrize("stride", [16, 5, 1])
+def test_text_loss_windows_score_every_token_once_with_the_context_they_get(stride):
+    model = tiny_model()
+    ids = torch.randint(0, 50, (40,)).tolist()
+    result = text_loss(model, ids, stride=stride)
+    # reference: token j is predicted from the window starting at the last stride multiple that gives it context
+    # inside the window, that is the window (begin, begin+16) of the scoring loop
+    nll, count, begin, scored = 0.0, 0, 0, 0
+    while scored < 39:
+        end = min(begin + 16, 39)
+        logits = model(torch.tensor([ids[begin:end]]))[0]
+        for j in range(max(scored, begin), end):
+            nll += F.cross_entropy(logits[j - begin], torch.tensor(ids[j + 1])).item()
+            count += 1
+        scored, begin = end, begin + stride
+    assert result["tokens"] == count == 39
+    assert result["loss"] == pytest.approx(nll / count, rel=1e-5)
+
+
+def test_text_loss_bad_input():
+    model = tiny_model()
+    with pytest.raises(GptkitError, match="at least 2 are needed"):
+        text_loss(model, [3])
+    with pytest.raises(GptkitError, match="--stride must be between 1 and the context length 16"):
+        text_loss(model, [1, 2, 3], stride=17)
+
+
+def test_eval_command_and_evaluate_recipe(tmp_path):
+    gptkit.run(tiny_config(tmp_path, "train.max_steps=2"))
+    text = tmp_path / "eval.txt"
+    text.write_text(TEXT[:500], encoding="utf-8")
+    cli = [sys.executable, "-m", "gptkit", "eval", str(tmp_path / "run"), "--text", str(text)]
+    out = subprocess.run([*cli, "--json", "--stride", "8"], capture_output=True, text=True, check=True).stdout
+    result = json.loads(out)
+    assert set(result) == {"loss", "perplexity", "tokens"} and result["tokens"] == 499
+    assert result["perplexity"] == pytest.approx(math.exp(result["loss"]))
+    human = subprocess.run(cli, capture_output=True, text=True, check=True).stdout
+    assert human.startswith("loss ") and "perplexity" in human
+
+    (tmp_path / "bad.txt").write_bytes(b"ok\n\xc3(")
+    bad = subprocess.run([*cli[:-1], str(tmp_path / "bad.txt")], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'bad.txt'}: not UTF-8 text: byte 0xc3 at line 2, byte offset 3; convert it to UTF-8 (e.g. `iconv -t utf-8`)"
+    ]
+
+    config = tiny_config(tmp_path, "run.recipe=evaluate", f"run.out_dir={tmp_path / 'ev'}", f"eval.text={text}", "eval.stride=8")
+    recipe_result = gptkit.run(config)
+    assert recipe_result["tokens"] == 499 and json.loads((tmp_path / "ev" / "eval.json").read_text()) == recipe_result
