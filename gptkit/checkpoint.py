@@ -78,10 +78,13 @@ def model_state_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous() for k, v in state.items()}
 
 
-def save_model_files(directory: Path, model: torch.nn.Module, tokenizer: Any) -> None:
-    """Write model.safetensors, config.json and the tokenizer's files into `directory` (which exists)."""
+def save_model_files(directory: Path, model: torch.nn.Module, tokenizer: Any, weights: dict[str, torch.Tensor] | None = None) -> None:
+    """Write model.safetensors, config.json and the tokenizer's files into `directory` (which exists).
+
+    `weights` (as from `model_state_for_saving`) replaces the model's current ones, e.g. a snapshot."""
     directory = Path(directory)
-    save_file({k: v.cpu() for k, v in model_state_for_saving(model).items()}, str(directory / WEIGHTS))
+    weights = model_state_for_saving(model) if weights is None else weights
+    save_file({k: v.cpu() for k, v in weights.items()}, str(directory / WEIGHTS))
     spec = tokenizer.save(directory) if hasattr(tokenizer, "save") else {"name": tokenizer.name}
     meta = {"format": FORMAT, "version": FORMAT_VERSION, "model": model.config.to_dict(), "tokenizer": spec}
     (directory / CONFIG).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
@@ -89,7 +92,13 @@ def save_model_files(directory: Path, model: torch.nn.Module, tokenizer: Any) ->
         fsync_file(directory / name)
 
 
-def save_model(directory: str | Path, model: torch.nn.Module, tokenizer: Any, state: dict[str, Any] | None = None) -> Path:
+def save_model(
+    directory: str | Path,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    state: dict[str, Any] | None = None,
+    weights: dict[str, torch.Tensor] | None = None,
+) -> Path:
     """Write a model folder atomically: into a temp folder beside it, then renamed into place.
 
     `state` (plain values and tensors) is saved beside the weights as the training state."""
@@ -102,7 +111,7 @@ def save_model(directory: str | Path, model: torch.nn.Module, tokenizer: Any, st
     try:
         if state is not None:
             torch.save(state, tmp / STATE)
-        save_model_files(tmp, model, tokenizer)
+        save_model_files(tmp, model, tokenizer, weights)
         replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -236,6 +236,7 @@ class Trainer:
         self.tokens_seen = 0
         self.best_val_loss = math.inf
         self.evals_since_best = 0
+        self.best_weights: dict[str, torch.Tensor] | None = None  # not yet written to checkpoints/best
 
     # -- pieces of a step --
 
@@ -325,6 +326,7 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         previous = checkpoint.step_checkpoints(self.out_dir)
         try:
+            self.write_best()
             path = checkpoint.save_checkpoint(
                 self.out_dir, self.step, self.model, self.tokenizer, self.state(), self.config.train.keep_checkpoints
             )
@@ -353,13 +355,21 @@ class Trainer:
         self.best_val_loss, self.evals_since_best = state["best_val_loss"], state["evals_since_best"]
 
     def note_eval(self, val_loss: float) -> None:
-        """Track the best val_loss: save it as checkpoints/best, count evaluations without improvement."""
+        """Track the best val_loss and count evaluations without improvement. The best weights are
+        kept in (CPU) memory and written as checkpoints/best with the next checkpoint, so a run whose
+        loss keeps improving does not write a full model at every evaluation."""
         if val_loss < self.best_val_loss:
             self.best_val_loss, self.evals_since_best = val_loss, 0
             if self.config.train.save_best:
-                checkpoint.save_model(self.out_dir / checkpoint.CHECKPOINTS / checkpoint.BEST, self.model, self.tokenizer)
+                self.best_weights = {k: v.to("cpu", copy=True) for k, v in checkpoint.model_state_for_saving(self.model).items()}
         else:
             self.evals_since_best += 1
+
+    def write_best(self) -> None:
+        if self.best_weights is not None:
+            best = self.out_dir / checkpoint.CHECKPOINTS / checkpoint.BEST
+            checkpoint.save_model(best, self.model, self.tokenizer, weights=self.best_weights)
+            self.best_weights = None
 
     # -- the loop --
 
