@@ -211,3 +211,18 @@ def test_text_decoder_with_gpt2_tokens_split_inside_characters():
     decoder = TextDecoder(tokenizer)
     pieces = [decoder.add(i) for i in ids] + [decoder.flush()]
     assert "".join(pieces) == text and not any("\ufffd" in p for p in pieces)
+
+
+def test_packed_weights_follow_weight_changes():
+    """Packed copies of the weights (CPU fast path) are remade when a weight changes in place."""
+    model = tiny_gpt()
+    before = generate_ids(model, [PROMPTS[0]], max_new_tokens=10, sampler=greedy)[0].new_ids
+    plain = generate_ids(model, [PROMPTS[0]], max_new_tokens=10, sampler=greedy, pack_weights=False)[0].new_ids
+    assert before == plain
+    with torch.no_grad():
+        for block in model.blocks:
+            block.ff.fc.weight.mul_(-1.0)
+    after = generate_ids(model, [PROMPTS[0]], max_new_tokens=10, sampler=greedy)[0].new_ids
+    assert after == generate_ids(model, [PROMPTS[0]], max_new_tokens=10, sampler=greedy, pack_weights=False)[0].new_ids
+    assert after != before
+    assert all("forward" not in vars(m) for m in model.modules())  # layers restored
