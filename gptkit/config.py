@@ -263,7 +263,7 @@ class _Structurer:
             elif field.default is attrs.NOTHING:
                 self.problem(f"{prefix}{name}", "required")
                 values[name] = _MISSING
-            elif registry_kind:  # a default component: fill in its default parameters too
+            else:  # defaults go through the same checks, so default components get their default params
                 default = field.default.factory() if isinstance(field.default, attrs.Factory) else field.default
                 values[name] = self.value(field.type, to_raw(default), f"{prefix}{name}", registry_kind)
         for name, value in values.items():
@@ -334,24 +334,29 @@ def to_raw(value: Any) -> Any:
 # --- overrides ----------------------------------------------------------------------------------
 
 
-def _leaf_type(parts: list[str], raw: dict[str, Any]) -> tuple[Any, str | None]:
-    """The declared type at a dotted path, or (None, problem) when the path names no key."""
+def _leaf_type(parts: list[str], raw: dict[str, Any], fill_defaults: bool) -> tuple[Any, str | None]:
+    """The declared type at a dotted path, or (None, problem) when the path names no key.
+
+    With `fill_defaults`, a component the raw data leaves out is filled in with its default, so that
+    `generate.sampler.top_k=5` refines the default sampler instead of replacing it with a nameless one.
+    """
     tp: Any = Config
     node: Any = raw
     for depth, part in enumerate(parts):
         tp, _ = _optional_inner(tp)
         here = ".".join(parts[: depth + 1])
+        child_default: Any = None
         if tp is Component:
             if part == "name":
                 tp = str
             else:
                 name = node.get("name") if isinstance(node, dict) else None
-                kind_ = _component_kind(parts[:depth], raw)
-                params_cls = None
+                kind_ = _component_kind(parts[:depth])
                 if kind_ and isinstance(name, str) and name in registry[kind_]:
                     params_cls = registry[kind_].get(name).params
                     if params_cls is None or part not in _fields(params_cls):
-                        return None, f"{here}: unknown key ({kind_} {name!r} takes: {', '.join(_fields(params_cls)) if params_cls else 'no parameters'})"
+                        takes = ", ".join(_fields(params_cls)) if params_cls else "no parameters"
+                        return None, f"{here}: unknown key ({kind_} {name!r} takes: {takes})"
                     tp = _fields(params_cls)[part].type
                 else:
                     tp = Any
@@ -359,16 +364,21 @@ def _leaf_type(parts: list[str], raw: dict[str, Any]) -> tuple[Any, str | None]:
             fields = _fields(tp)
             if part not in fields:
                 return None, f"{here}: unknown key (expected one of: {', '.join(fields)})"
-            tp = fields[part].type
+            field = fields[part]
+            tp = field.type
+            if isinstance(field.default, attrs.Factory):
+                child_default = field.default.factory()
         elif typing.get_origin(tp) is dict or tp is Any:
             tp = Any
         else:
             return None, f"{here}: {'.'.join(parts[:depth])} is {_type_name(tp)}, it has no key {part!r}"
+        if fill_defaults and isinstance(node, dict) and part not in node and depth < len(parts) - 1:
+            node[part] = to_raw(child_default) if isinstance(child_default, Component) else {}
         node = node.get(part) if isinstance(node, dict) else None
     return tp, None
 
 
-def _component_kind(parts: list[str], raw: dict[str, Any]) -> str | None:
+def _component_kind(parts: list[str]) -> str | None:
     cls: Any = Config
     field = None
     for part in parts:
@@ -404,18 +414,15 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], problems: list[st
             problems.append(f"{override}: an override is KEY=VALUE or ~KEY")
             continue
         parts = key.split(".")
-        tp, problem = _leaf_type(parts, raw)
+        tp, problem = _leaf_type(parts, raw, fill_defaults=not remove)
         if problem:
             problems.append(f"{problem} (from override {override!r})")
             continue
         node = raw
         for part in parts[:-1]:
-            child = node.get(part)
-            if not isinstance(child, dict):
-                if remove:
-                    break
-                child = node[part] = {}
-            node = child
+            node = node.get(part)
+            if not isinstance(node, dict):
+                break  # only when removing a key whose table is absent: nothing to remove
         else:
             if remove:
                 node.pop(parts[-1], None)

@@ -1,0 +1,40 @@
+"""Shared fixtures. Tests run offline; the GPT-2 vocabulary and data come from ../shared/data when present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
+EXPERIMENTS = sorted((ROOT / "experiments").glob("*.toml"))
+
+
+def gpt2_vocab_dir() -> Path | None:
+    folder = SHARED_DATA / "gpt2"
+    return folder if (folder / "encoder.json").is_file() and (folder / "vocab.bpe").is_file() else None
+
+
+@pytest.fixture
+def gpt2_vocab() -> Path:
+    folder = gpt2_vocab_dir()
+    if folder is None:
+        pytest.skip(f"GPT-2 vocabulary files not found in {SHARED_DATA / 'gpt2'}")
+    return folder
+
+
+@pytest.fixture
+def tiny_model_config():
+    from gptkit.model import GPTConfig
+
+    return GPTConfig(vocab_size=97, context_length=32, emb_dim=32, n_heads=4, n_layers=2)
+
+
+@pytest.fixture(autouse=True)
+def _run_in_tmp(tmp_path, monkeypatch):
+    """Each test runs in its own working directory so runs/ never lands in the repo."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    yield

@@ -1,0 +1,90 @@
+"""The command line, run as users run it: a subprocess, checking exit codes, stdout and stderr."""
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import EXPERIMENTS, ROOT
+
+TINY = str(ROOT / "experiments" / "tiny_generate.toml")
+
+
+def gptkit(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "gptkit", *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_version_and_help():
+    assert gptkit("--version").stdout.startswith("gptkit, version ")
+    out = gptkit("--help").stdout
+    for command in ("run", "list", "plugins", "config"):
+        assert command in out
+
+
+def test_list_shows_every_kind_and_origins():
+    out = gptkit("list").stdout
+    for kind in ("attention:", "norm:", "feedforward:", "sampler:", "tokenizer:", "checkpoint:", "recipe:"):
+        assert kind in out
+    attention = gptkit("list", "attention").stdout
+    assert "causal " in attention and "causal-reference" in attention and "[gptkit 0.1.0 [attention]]" in attention
+
+
+def test_list_unknown_kind_exits_2():
+    result = gptkit("list", "widgets")
+    assert result.returncode == 2 and "unknown component kind 'widgets'" in result.stderr
+
+
+def test_plugins_lists_builtins():
+    out = gptkit("plugins").stdout
+    assert "attention" in out and "(built-in)" in out and "register_components" in out
+
+
+def test_validate_every_shipped_experiment():
+    result = gptkit("config", "validate", *map(str, EXPERIMENTS))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count(": ok") == len(EXPERIMENTS)
+
+
+def test_validate_reports_all_mistakes_without_traceback(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        '[run]\nname = "x"\nrecipe = "generate"\nsteps = 3\n'
+        '[train]\nepochs = "two"\n'
+        '[model]\npreset = "gpt2"\nnorm = { name = "layernorm", epsilon = 1e-6 }\n'
+    )
+    result = gptkit("config", "validate", str(bad))
+    assert result.returncode == 2
+    assert "run.steps: unknown key" in result.stderr
+    assert "train.epochs: expected integer, got string 'two'" in result.stderr
+    assert "model.norm.epsilon: unknown key (norm 'layernorm' takes: eps)" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_validate_unknown_attention_names_registered():
+    result = gptkit("config", "validate", TINY, "model.attention.name=nope")
+    assert result.returncode == 2
+    assert "unknown attention 'nope'" in result.stderr and "causal, causal-reference" in result.stderr
+
+
+def test_config_show_applies_overrides():
+    result = gptkit("config", "show", TINY, "train.lr=3e-4", "generate.prompt=Hi")
+    assert result.returncode == 0
+    assert "lr = 0.0003" in result.stdout and 'prompt = "Hi"' in result.stdout
+
+
+def test_run_tiny_generate(tmp_path):
+    result = gptkit("run", TINY, f"run.out_dir={tmp_path / 'out'}")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Every effort moves you")
+    assert (tmp_path / "out" / "config.toml").is_file() and (tmp_path / "out" / "samples.txt").is_file()
+    assert "[provenance]" in (tmp_path / "out" / "config.toml").read_text()
+
+
+def test_missing_experiment_file_is_one_line():
+    result = gptkit("run", "nope.toml")
+    assert result.returncode == 2 and result.stderr.strip() == "error: nope.toml: no such file"
+
+
+def test_debug_shows_traceback():
+    result = gptkit("--debug", "run", "nope.toml")
+    assert result.returncode == 2 and "Traceback" in result.stderr

@@ -1,0 +1,71 @@
+import attrs
+import pytest
+import torch
+
+from gptkit.config import Component, ModelSection
+from gptkit.errors import GptkitError
+from gptkit.model import GPT, PRESETS, GPTConfig
+
+
+def test_canonical_parameter_names(tiny_model_config):
+    names = set(GPT(tiny_model_config).state_dict())
+    expected = {"tok_emb.weight", "pos_emb.weight", "final_norm.weight", "final_norm.bias", "head.weight"}
+    for i in range(tiny_model_config.n_layers):
+        for part in ("norm1", "norm2", "attn.proj", "ff.fc", "ff.proj"):
+            expected |= {f"blocks.{i}.{part}.weight", f"blocks.{i}.{part}.bias"}
+        expected.add(f"blocks.{i}.attn.qkv.weight")  # qkv_bias defaults to False
+    assert names == expected
+
+
+def test_weight_tying(tiny_model_config):
+    tied = GPT(tiny_model_config)
+    assert tied.head.weight is tied.tok_emb.weight
+    untied = GPT(attrs.evolve(tiny_model_config, tie_weights=False))
+    assert untied.head.weight is not untied.tok_emb.weight
+
+
+@pytest.mark.parametrize(
+    "preset,params",
+    # Published GPT-2 sizes (tied head, qkv bias): 124,439,808 / 354,823,168 / 774,030,080 / 1,557,611,200.
+    [("gpt2-124M", 124_439_808), ("gpt2-355M", 354_823_168), ("gpt2-774M", 774_030_080), ("gpt2-1558M", 1_557_611_200)],
+)
+def test_preset_parameter_counts(preset, params):
+    with torch.device("meta"):
+        model = GPT(GPTConfig.from_preset(preset, qkv_bias=True))
+    assert model.num_parameters() == params
+
+
+def test_aliases_and_explicit_sizes_override_preset():
+    section = ModelSection(preset="gpt2-medium", context_length=256)
+    config = GPTConfig.from_section(section)
+    assert config.emb_dim == PRESETS["gpt2-355M"]["emb_dim"] and config.context_length == 256
+
+
+def test_checkpoint_sizes_win_and_disagreement_is_an_error():
+    base = GPTConfig.from_preset("gpt2", qkv_bias=True)
+    assert GPTConfig.from_section(ModelSection(), base=base).qkv_bias is True
+    with pytest.raises(GptkitError, match="model.n_layers = 6 but the checkpoint has 12"):
+        GPTConfig.from_section(ModelSection(n_layers=6), base=base)
+
+
+def test_forward_and_context_limit(tiny_model_config):
+    model = GPT(tiny_model_config).eval()
+    logits = model(torch.randint(0, 97, (2, 32)))
+    assert logits.shape == (2, 32, 97)
+    with pytest.raises(ValueError, match="exceeds the context length 32"):
+        model(torch.randint(0, 97, (1, 33)))
+
+
+def test_dropout_only_in_training(tiny_model_config):
+    model = GPT(attrs.evolve(tiny_model_config, drop_rate=0.5))
+    x = torch.randint(0, 97, (2, 8))
+    model.eval()
+    assert torch.equal(model(x), model(x))
+    model.train()
+    assert not torch.equal(model(x), model(x))
+
+
+def test_components_come_from_the_registry(tiny_model_config):
+    config = attrs.evolve(tiny_model_config, norm=Component("rmsnorm", {"eps": 1e-6}))
+    model = GPT(config)
+    assert isinstance(model.final_norm, torch.nn.RMSNorm) and model.final_norm.eps == 1e-6
