@@ -4,10 +4,10 @@ read by the `hf` checkpoint loader from a folder that transformers itself wrote.
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import gpt2_vocab_dir
 
 import gptkit
 from gptkit.generation import generate_ids
@@ -36,10 +36,10 @@ def hf_folder(tmp_path_factory):
                 p.normal_(0.0, 0.3)
     folder = tmp_path_factory.mktemp("hf") / "gpt2-tiny"
     model.save_pretrained(folder, safe_serialization=True)
-    vocabulary = Path("/work/shared/data/gpt2")  # as on the hub: vocab.json + merges.txt beside the weights
-    for theirs, ours in (("encoder.json", "vocab.json"), ("vocab.bpe", "merges.txt")):
-        if (vocabulary / theirs).is_file():
-            shutil.copy(vocabulary / theirs, folder / ours)
+    vocabulary = gpt2_vocab_dir()  # as on the hub: vocab.json + merges.txt beside the weights
+    if vocabulary is not None:
+        shutil.copy(vocabulary / "encoder.json", folder / "vocab.json")
+        shutil.copy(vocabulary / "vocab.bpe", folder / "merges.txt")
     return folder, model
 
 
