@@ -142,7 +142,8 @@ def config_validate(experiments: tuple[str, ...], overrides: tuple[str, ...]) ->
 @click.option("--ignore-eos", is_flag=True, help="Keep going past end-of-text.")
 @click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
-def generate(source, prompts, max_new_tokens, sampler, temperature, top_k, top_p, seed, stream, as_json, ignore_eos, dtype, device):
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the decoding step (for GPUs; on CPU it is slower).")
+def generate(source, prompts, max_new_tokens, sampler, temperature, top_k, top_p, seed, stream, as_json, ignore_eos, dtype, device, compile_):
     """Continue text with the model SOURCE (a run, checkpoint or model folder, or a model name).
 
     Prints each prompt followed by its completion (a blank line between prompts). With --json, one
@@ -177,6 +178,7 @@ def generate(source, prompts, max_new_tokens, sampler, temperature, top_k, top_p
         sampler=sample,
         eos_id=None if ignore_eos else tokenizer.eos_id,
         generator=make_generator(seed, device),
+        compile=compile_,
     )
     start = time.perf_counter()
     if stream:

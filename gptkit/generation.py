@@ -150,10 +150,12 @@ def decode_steps(
     generator: torch.Generator | None = None,
     use_cache: bool | None = None,
     pack_weights: bool = True,
+    compile: bool = False,
 ) -> Iterator[torch.Tensor]:
     """Yields the next token of every row [B], `steps` times. Prompts must fit the context with the
     new tokens. Rows are left-padded; nothing here knows about end-of-text. `pack_weights`: see
-    `packed_linears`."""
+    `packed_linears`; `compile`: decoding steps run through torch.compile (dynamic shapes, compiled
+    once per model and input kind; meant for GPUs, where per-kernel launch overhead dominates)."""
     if steps <= 0:
         return
     device = next(model.parameters()).device
@@ -172,9 +174,12 @@ def decode_steps(
     positions = (columns - first).clamp(min=0)
     padding_mask = columns >= first if min(lengths) < width else None
 
+    step_model = _compiled(model) if compile else model
+
     def forward(start: int, end: int, caches) -> torch.Tensor:
         mask = padding_mask[:, :end] if padding_mask is not None else None
-        logits = model(ids[:, start:end], positions=positions[:, start:end], kv_caches=caches, padding_mask=mask, last_only=True)
+        run = step_model if end - start == 1 else model
+        logits = run(ids[:, start:end], positions=positions[:, start:end], kv_caches=caches, padding_mask=mask, last_only=True)
         return logits[:, -1].float()
 
     was_training = model.training
@@ -182,7 +187,7 @@ def decode_steps(
     caches = [KVCache(total) for _ in model.blocks] if use_cache else None
     try:
         # A model in training changes its weights before the next call: no use keeping packed copies.
-        with packed_linears(model, keep=not was_training) if pack_weights else contextlib.nullcontext():
+        with packed_linears(model, keep=not was_training) if pack_weights and not compile else contextlib.nullcontext():
             logits = forward(0, width, caches)
             for step in range(steps):
                 next_ids = sampler(logits, generator)
@@ -194,6 +199,15 @@ def decode_steps(
                 logits = forward(end - 1 if use_cache else 0, end, caches)
     finally:
         model.train(was_training)
+
+
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _compiled(model: nn.Module):
+    if model not in _COMPILED:
+        _COMPILED[model] = torch.compile(model, dynamic=True)
+    return _COMPILED[model]
 
 
 class Generation:
@@ -211,13 +225,14 @@ class Generation:
         generator: torch.Generator | None = None,
         use_cache: bool | None = None,
         pack_weights: bool = True,
+        compile: bool = False,
     ):
         context = model.config.context_length
         prompts = [fit_prompt(p, context, max_new_tokens) for p in prompts]
         if not prompts or any(len(p) == 0 for p in prompts):
             raise GptkitError("empty prompt: give at least one token of text to continue")
         self.model, self.sampler, self.eos_id, self.generator = model, sampler, eos_id, generator
-        self.use_cache, self.pack_weights = use_cache, pack_weights
+        self.step_options = dict(use_cache=use_cache, pack_weights=pack_weights, compile=compile)
         self.max_new_tokens = max_new_tokens
         self.steps = min(max_new_tokens, context - max(len(p) for p in prompts))
         reason = "max_new_tokens" if self.steps == max_new_tokens else "context"
@@ -227,7 +242,7 @@ class Generation:
         rows = self.completions
         steps = decode_steps(
             self.model, [c.prompt_ids for c in rows], steps=self.steps, sampler=self.sampler,
-            generator=self.generator, use_cache=self.use_cache, pack_weights=self.pack_weights,
+            generator=self.generator, **self.step_options,
         )
         for next_ids in steps:
             tokens: list[int | None] = next_ids.tolist()
