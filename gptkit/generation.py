@@ -64,8 +64,8 @@ def _onednn_usable(weight: torch.Tensor) -> bool:
     return weight.dtype == torch.float32
 
 
-# nn.Linear -> (what its weight was, the packed copy); kept off the layer so copying or pickling
-# a model never meets the opaque oneDNN tensors.
+# nn.Linear -> (its weight, what that weight was then, the packed copy); kept off the layer so
+# copying or pickling a model never meets the opaque oneDNN tensors.
 _PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -86,8 +86,7 @@ def packed_linears(model: nn.Module, keep: bool = True):
     Decoding multiplies a few rows by every weight: PyTorch's default CPU GEMM reads the weights at
     about half the memory bandwidth for one row, and worse for eight; a prepacked oneDNN weight is
     about twice as fast (see benchmarks/bench_generate.py). The packed copy costs the weights' memory
-    again; it is kept on the layers for the next call when `keep` (until a weight changes), else
-    dropped on exit. Anything but fp32/bf16 CPU weights, or a torch without these ops, runs as is.
+    again; it is kept for the next call when `keep` (until a weight changes), else dropped on exit. Anything but fp32/bf16 CPU weights, or a torch without these ops, runs as is.
     """
     linears = [m for m in model.modules() if type(m) is nn.Linear and _onednn_usable(m.weight)]
     try:

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from gptkit.checkpoint import save_model
 from gptkit.cli import cli
-from tinymodel import byte_tokenizer, tiny_gpt
+from tinymodel import byte_tokenizer, one_thread, tiny_gpt  # noqa: F401 (one_thread: autouse fixture)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from gptkit.generation import Generation, KVCache, TextDecoder, generate_ids, su
 from gptkit.registry import registry
 from gptkit_plugins.attention import CausalSelfAttention, sdpa_kernel
 from gptkit_plugins.sampling import greedy
-from tinymodel import byte_tokenizer, tiny_gpt
+from tinymodel import byte_tokenizer, one_thread, tiny_gpt  # noqa: F401 (one_thread: autouse fixture)
 
 PROMPTS = [[72, 101, 108, 108, 111], [7], [200, 3, 9, 120, 44, 1, 2, 3, 4, 5, 6], [33, 34]]
 

@@ -13,6 +13,7 @@ import gptkit
 from gptkit.generation import generate_ids
 from gptkit.registry import registry
 from gptkit_plugins.sampling import greedy
+from tinymodel import one_thread  # noqa: F401 (autouse fixture)
 
 transformers = pytest.importorskip("transformers")
 

@@ -3,6 +3,7 @@ apart (GPT-2's 0.02 init gives near-ties, where float rounding could flip a gree
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from gptkit.config import Component
@@ -28,3 +29,13 @@ def tiny_gpt(attention: str = "causal", seed: int = 0, context_length: int = 128
 
 def byte_tokenizer():
     return registry.tokenizer.build(Component("bytes"), Context())
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from a second thread, and on a busy machine waiting for one makes
+    each step up to 100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
