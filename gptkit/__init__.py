@@ -1,6 +1,7 @@
 """gptkit: a plugin-based GPT-2 research toolkit.
 
-Python API: `load_config(path, overrides)`, `run(config)`, `registry`, `hookimpl`.
+Python API: `load_model(source)`, `generate(model, tokenizer, prompt, ...)`, `load_config(path, overrides)`,
+`run(config)`, `registry`, `hookimpl`.
 """
 
 from __future__ import annotations
@@ -31,4 +32,11 @@ def load_model(source, *, device="cpu", dtype=None):
     return _load_model(source, device=device, dtype=dtype)
 
 
-__all__ = ["load_model", "Config", "hookimpl", "load_config", "registry", "run", "__version__"]
+def generate(model, tokenizer, prompt, **kwargs):
+    """The completion of `prompt` (or of each of a list of prompts); see gptkit.generation.generate."""
+    from gptkit.generation import generate as _generate
+
+    return _generate(model, tokenizer, prompt, **kwargs)
+
+
+__all__ = ["generate", "load_model", "Config", "hookimpl", "load_config", "registry", "run", "__version__"]

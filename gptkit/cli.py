@@ -193,6 +193,93 @@ def eval_command(source: str, text_file: str, stride: int | None, device: str, a
         click.echo(f"loss {result['loss']:.4f}  perplexity {result['perplexity']:.2f}  ({result['tokens']} tokens predicted)")
 
 
+@cli.command()
+@click.argument("source")
+@click.option("--prompt", "prompts", multiple=True, help="Text to continue; repeat for a batch. Default: all of stdin.")
+@click.option("--max-new-tokens", type=click.IntRange(min=0), default=50, show_default=True)
+@click.option("--sampler", help="A registered sampler. Default: greedy, or top-k / top-p when their options are given.")
+@click.option("--temperature", type=float)
+@click.option("--top-k", type=int)
+@click.option("--top-p", type=float)
+@click.option("--seed", type=int, help="Seed of the sampler's random generator: the same seed gives the same text.")
+@click.option("--stream", is_flag=True, help="Print the text as the tokens come (one prompt).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON line per prompt: prompt, text, token_ids, new_tokens, tokens_per_s.")
+@click.option("--ignore-eos", is_flag=True, help="Keep going past end-of-text.")
+@click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the decoding step (for GPUs; on CPU it is slower).")
+def generate(source, prompts, max_new_tokens, sampler, temperature, top_k, top_p, seed, stream, as_json, ignore_eos, dtype, device, compile_):
+    """Continue text with the model SOURCE (a run, checkpoint or model folder, or a model name).
+
+    Prints each prompt followed by its completion (a blank line between prompts). With --json, one
+    line per prompt, where tokens_per_s is that prompt's new tokens over the batch's prefill + decode
+    time (so the lines' figures add up to the batch's throughput).
+    """
+    import json
+    import time
+
+    import torch
+
+    import gptkit
+    from gptkit.generation import Generation, TextDecoder, build_sampler, encode_prompt, make_generator
+    from gptkit.runs import resolve_device
+
+    if stream and as_json:
+        raise GptkitError("--stream and --json do not go together")
+    texts = list(prompts) or [_stdin_prompt()]
+    if stream and len(texts) > 1:
+        raise GptkitError("--stream takes one prompt")
+    if any(not text for text in texts):
+        raise GptkitError("empty prompt: give at least one character of text to continue")
+    sample = build_sampler(sampler, temperature=temperature, top_k=top_k, top_p=top_p)
+    device = resolve_device(device)
+    model, tokenizer = gptkit.load_model(source, device=device, dtype=torch.bfloat16 if dtype == "bf16" else None)
+    if tokenizer is None:
+        raise GptkitError(f"{source}: no tokenizer comes with this model")
+    generation = Generation(
+        model,
+        [encode_prompt(tokenizer, text) for text in texts],
+        max_new_tokens=max_new_tokens,
+        sampler=sample,
+        eos_id=None if ignore_eos else tokenizer.eos_id,
+        generator=make_generator(seed, device),
+        compile=compile_,
+    )
+    start = time.perf_counter()
+    if stream:
+        decoder = TextDecoder(tokenizer)
+        click.echo(texts[0], nl=False)
+        for (token,) in generation:
+            if token is not None:
+                click.echo(decoder.add(token), nl=False)
+        click.echo(decoder.flush())
+        return
+    for _ in generation:
+        pass
+    seconds = time.perf_counter() - start
+    for i, (text, c) in enumerate(zip(texts, generation.completions)):
+        completion = tokenizer.decode(c.new_ids)
+        if as_json:
+            row = dict(
+                prompt=text,
+                text=completion,
+                token_ids=c.prompt_ids + c.new_ids,
+                new_tokens=len(c.new_ids),
+                tokens_per_s=round(len(c.new_ids) / seconds, 3) if seconds > 0 else 0.0,
+            )
+            click.echo(json.dumps(row, ensure_ascii=False))
+        else:
+            click.echo(("\n" if i else "") + text + completion)
+
+
+def _stdin_prompt() -> str:
+    """All of stdin as one prompt, less the newline that ends it."""
+    if sys.stdin.isatty():
+        raise GptkitError("no prompt: give --prompt TEXT or pipe text on stdin")
+    text = sys.stdin.read()
+    return text[:-1] if text.endswith("\n") else text
+
+
 def _add_plugin_commands() -> None:
     from gptkit import plugins as plugin_manager
 

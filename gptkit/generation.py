@@ -1,19 +1,39 @@
-"""Text generation: a prompt's tokens in, new tokens out, one sampler call per step.
+"""Text generation: prompts' tokens in, new tokens out, one sampler call per step.
 
-The model runs over the prompt once (prefill), then over one new token at a time (decode), reading
-earlier keys and values from a `KVCache` per block. Attention plugins that do not support the cache
-(`supports_kv_cache = False`) get the whole window recomputed every step instead.
+The model runs over the prompts once (prefill), then over one new token per row at a time (decode),
+reading earlier keys and values from a preallocated `KVCache` per block. Attention plugins that do
+not support the cache (`supports_kv_cache = False`) get the whole sequence recomputed every step.
+
+A batch of prompts of different lengths is left-padded: `padding_mask` [B, T_total] (True on real
+tokens) hides the padding from attention and `positions` count from each row's first real token, so
+each row gets the same tokens as when generated alone. A row stops at end-of-text (which is not
+part of its new tokens); the batch stops when every row has stopped, after `max_new_tokens`, or when
+the context is full (with a message). A prompt longer than the context keeps its last tokens
+(with a warning), leaving room for the new ones.
 """
 
 from __future__ import annotations
 
+import codecs
+import contextlib
+import logging
+import weakref
+from typing import Callable, Iterator, Sequence
+
+import attrs
 import torch
+from torch import nn
+
+from gptkit.errors import GptkitError
+
+log = logging.getLogger(__name__)
 
 
 class KVCache:
     """Keys and values of one attention layer, preallocated for `max_length` positions.
 
-    `update(k, v)` appends k, v [B, H, T, D] and returns all keys and values so far.
+    `update(k, v)` writes k, v [B, H, T, D] after what it holds and returns all keys and values so
+    far (views into the preallocated buffers: nothing is copied but the new entries).
     """
 
     def __init__(self, max_length: int):
@@ -36,48 +56,321 @@ class KVCache:
         return self.keys[:, :, :end], self.values[:, :, :end]
 
 
+def _onednn_usable(weight: torch.Tensor) -> bool:
+    if weight.device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    if weight.dtype == torch.bfloat16:
+        return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return weight.dtype == torch.float32
+
+
+# nn.Linear -> (its weight, what that weight was then, the packed copy); kept off the layer so
+# copying or pickling a model never meets the opaque oneDNN tensors.
+_PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _packed_weight(linear: nn.Linear) -> torch.Tensor:
+    """The weight reordered for oneDNN, cached until the weight changes."""
+    w = linear.weight
+    key = (w.data_ptr(), w._version, w.dtype, tuple(w.shape))
+    cached = _PACKED.get(linear)
+    if cached is None or cached[0]() is not w or cached[1] != key:
+        cached = _PACKED[linear] = (weakref.ref(w), key, torch.ops.mkldnn._reorder_linear_weight(w.detach(), 1))
+    return cached[2]
+
+
+@contextlib.contextmanager
+def packed_linears(model: nn.Module, keep: bool = True):
+    """On CPU, run every nn.Linear through oneDNN with its weight prepacked for small batches.
+
+    Decoding multiplies a few rows by every weight: PyTorch's default CPU GEMM reads the weights at
+    about half the memory bandwidth for one row, and worse for eight; a prepacked oneDNN weight is
+    about twice as fast (see benchmarks/bench_generate.py). The packed copy costs the weights' memory
+    again; it is kept for the next call when `keep` (until a weight changes), else dropped on exit. Anything but fp32/bf16 CPU weights, or a torch without these ops, runs as is.
+    """
+    linears = [m for m in model.modules() if type(m) is nn.Linear and _onednn_usable(m.weight)]
+    try:
+        for linear in linears:
+            linear.forward = _packed_forward(_packed_weight(linear), linear.bias)
+    except (AttributeError, RuntimeError):  # ops missing or refused: plain layers
+        for linear in linears:
+            linear.__dict__.pop("forward", None)
+        linears = []
+    try:
+        yield
+    finally:
+        for linear in linears:
+            del linear.forward
+            if not keep:
+                _PACKED.pop(linear, None)
+
+
+def _packed_forward(packed: torch.Tensor, bias: torch.Tensor | None):
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+    return forward
+
+
 def supports_kv_cache(model) -> bool:
     return all(getattr(block.attn, "supports_kv_cache", False) for block in model.blocks)
 
 
+@attrs.define
+class Completion:
+    """One prompt's result: its token ids as used (cut to fit the context), the new ids (end-of-text
+    excluded) and why it stopped: "eos", "max_new_tokens" or "context" (the context was full)."""
+
+    prompt_ids: list[int]
+    new_ids: list[int]
+    stop_reason: str
+
+
+def fit_prompt(prompt_ids: Sequence[int], context_length: int, max_new_tokens: int) -> list[int]:
+    """A prompt longer than the context keeps its last tokens, leaving room for `max_new_tokens`."""
+    prompt_ids = list(prompt_ids)
+    if len(prompt_ids) <= context_length:
+        return prompt_ids
+    keep = max(1, context_length - max_new_tokens)
+    log.warning(
+        "prompt of %d tokens is longer than the context (%d): keeping its last %d tokens",
+        len(prompt_ids), context_length, keep,
+    )
+    return prompt_ids[-keep:]
+
+
 @torch.no_grad()
-def generate_ids(
+def decode_steps(
     model,
-    prompt_ids: list[int],
+    prompts: Sequence[Sequence[int]],
     *,
-    max_new_tokens: int,
-    sampler,
-    eos_id: int | None = None,
+    steps: int,
+    sampler: Callable,
     generator: torch.Generator | None = None,
     use_cache: bool | None = None,
-) -> list[int]:
-    """The new token ids after `prompt_ids` (at most `max_new_tokens`, stopping after `eos_id`).
+    pack_weights: bool = True,
+    compile: bool = False,
+) -> Iterator[torch.Tensor]:
+    """Yields the next token of every row [B], `steps` times. Prompts must fit the context with the
+    new tokens. Rows are left-padded; nothing here knows about end-of-text. `pack_weights`: see
+    `packed_linears`; `compile`: decoding steps run through torch.compile (dynamic shapes, compiled
+    once per model and input kind; meant for GPUs, where per-kernel launch overhead dominates)."""
+    if steps <= 0:
+        return
+    device = next(model.parameters()).device
+    use_cache = supports_kv_cache(model) if use_cache is None else use_cache
+    lengths = [len(p) for p in prompts]
+    width, total = max(lengths), max(lengths) + steps
+    if total > model.config.context_length:
+        raise ValueError(f"{total} tokens do not fit the context of {model.config.context_length}")
+    ids = torch.zeros(len(prompts), total, dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt) : width] = torch.as_tensor(prompt, dtype=torch.long)
+    ids = ids.to(device)
+    # Column c of row r holds that row's token number c - first[r] (its position); padding before.
+    first = torch.tensor([width - n for n in lengths], device=device)[:, None]
+    columns = torch.arange(total, device=device)[None, :]
+    positions = (columns - first).clamp(min=0)
+    padding_mask = columns >= first if min(lengths) < width else None
 
-    The prompt keeps its last `context_length` tokens; generation stops when the context is full.
-    """
+    step_model = _compiled(model) if compile else model
+
+    def forward(start: int, end: int, caches) -> torch.Tensor:
+        mask = padding_mask[:, :end] if padding_mask is not None else None
+        run = step_model if end - start == 1 else model
+        logits = run(ids[:, start:end], positions=positions[:, start:end], kv_caches=caches, padding_mask=mask, last_only=True)
+        return logits[:, -1].float()
+
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
-    context = model.config.context_length
-    ids = torch.tensor([prompt_ids[-context:]], dtype=torch.long, device=device)
-    use_cache = supports_kv_cache(model) if use_cache is None else use_cache
-    max_new_tokens = min(max_new_tokens, context - ids.shape[1]) if use_cache else max_new_tokens
-    caches = [KVCache(context) for _ in model.blocks] if use_cache else None
-    new: list[int] = []
-    step_input = ids
+    caches = [KVCache(total) for _ in model.blocks] if use_cache else None
     try:
-        for _ in range(max_new_tokens):
-            if use_cache:
-                logits = model(step_input, kv_caches=caches)
-            else:
-                logits = model(ids[:, -context:])
-            next_id = sampler(logits[:, -1, :].float(), generator)
-            token = int(next_id[0])
-            new.append(token)
-            if eos_id is not None and token == eos_id:
-                break
-            step_input = next_id.view(1, 1).to(device)
-            ids = torch.cat([ids, step_input], dim=1)
+        # A model in training changes its weights before the next call: no use keeping packed copies.
+        with packed_linears(model, keep=not was_training) if pack_weights and not compile else contextlib.nullcontext():
+            logits = forward(0, width, caches)
+            for step in range(steps):
+                next_ids = sampler(logits, generator)
+                yield next_ids
+                if step + 1 == steps:
+                    break
+                end = width + step + 1
+                ids[:, end - 1] = next_ids
+                logits = forward(end - 1 if use_cache else 0, end, caches)
     finally:
         model.train(was_training)
-    return new
+
+
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _compiled(model: nn.Module):
+    if model not in _COMPILED:
+        _COMPILED[model] = torch.compile(model, dynamic=True)
+    return _COMPILED[model]
+
+
+class Generation:
+    """Generation after each prompt (token ids) as one batch. Iterating runs it, yielding each
+    step's new token of every row (None once a row has stopped); `completions` holds the results."""
+
+    def __init__(
+        self,
+        model,
+        prompts: Sequence[Sequence[int]],
+        *,
+        max_new_tokens: int,
+        sampler: Callable,
+        eos_id: int | None = None,
+        generator: torch.Generator | None = None,
+        use_cache: bool | None = None,
+        pack_weights: bool = True,
+        compile: bool = False,
+    ):
+        context = model.config.context_length
+        prompts = [fit_prompt(p, context, max_new_tokens) for p in prompts]
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise GptkitError("empty prompt: give at least one token of text to continue")
+        self.model, self.sampler, self.eos_id, self.generator = model, sampler, eos_id, generator
+        self.step_options = dict(use_cache=use_cache, pack_weights=pack_weights, compile=compile)
+        self.max_new_tokens = max_new_tokens
+        self.steps = min(max_new_tokens, context - max(len(p) for p in prompts))
+        reason = "max_new_tokens" if self.steps == max_new_tokens else "context"
+        self.completions = [Completion(p, [], reason) for p in prompts]
+
+    def __iter__(self) -> Iterator[list[int | None]]:
+        rows = self.completions
+        steps = decode_steps(
+            self.model, [c.prompt_ids for c in rows], steps=self.steps, sampler=self.sampler,
+            generator=self.generator, **self.step_options,
+        )
+        for next_ids in steps:
+            tokens: list[int | None] = next_ids.tolist()
+            for c, token in zip(rows, tokens):
+                if c.stop_reason == "eos" or token == self.eos_id:
+                    c.stop_reason = "eos"
+                else:
+                    c.new_ids.append(token)
+            yield [None if c.stop_reason == "eos" else t for c, t in zip(rows, tokens)]
+            if all(c.stop_reason == "eos" for c in rows):
+                steps.close()
+                break
+        if any(c.stop_reason == "context" for c in rows):
+            log.warning(
+                "stopped after %d new tokens: the context of %d tokens is full (%d asked for)",
+                self.steps, self.model.config.context_length, self.max_new_tokens,
+            )
+
+
+def generate_ids(model, prompts: Sequence[Sequence[int]], **kwargs) -> list[Completion]:
+    """Generate after each prompt (token ids) as one batch; kwargs as `Generation`."""
+    generation = Generation(model, prompts, **kwargs)
+    for _ in generation:
+        pass
+    return generation.completions
+
+
+class TextDecoder:
+    """Turns token ids into text pieces as they come. A token can end inside a multi-byte UTF-8
+    character; its bytes are held back until the character is complete, so the pieces join into
+    exactly the text of decoding all the ids at once."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.bytes_decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.ids: list[int] = []
+        self.sent = 0  # characters already given out, for tokenizers without decode_bytes
+
+    def add(self, token_id: int) -> str:
+        if hasattr(self.tokenizer, "decode_bytes"):
+            return self.bytes_decoder.decode(self.tokenizer.decode_bytes([token_id]))
+        self.ids.append(token_id)
+        text = self.tokenizer.decode(self.ids).rstrip("\ufffd")  # an incomplete character decodes to U+FFFD
+        piece, self.sent = text[self.sent :], max(self.sent, len(text))
+        return piece
+
+    def flush(self) -> str:
+        if hasattr(self.tokenizer, "decode_bytes"):
+            return self.bytes_decoder.decode(b"", final=True)
+        text = self.tokenizer.decode(self.ids)
+        return text[self.sent :]
+
+
+def sampler_name(sampler: str | None, temperature: float | None, top_k: int | None, top_p: float | None) -> str:
+    """The sampler to use when none is named: top-p if top_p is given, top-k if top_k or a
+    temperature is, else greedy."""
+    if sampler is not None:
+        return sampler
+    if top_p is not None:
+        return "top-p"
+    return "top-k" if top_k is not None or temperature is not None else "greedy"
+
+
+def build_sampler(sampler: str | None = None, *, temperature: float | None = None, top_k: int | None = None, top_p: float | None = None):
+    """A registered sampler built with the parameters given (a parameter it does not take is an error)."""
+    from gptkit.config import Component
+    from gptkit.interfaces import Context
+    from gptkit.registry import registry
+
+    params = {k: v for k, v in dict(temperature=temperature, top_k=top_k, top_p=top_p).items() if v is not None}
+    return registry.sampler.build(Component(sampler_name(sampler, temperature, top_k, top_p), params), Context())
+
+
+def make_generator(seed: int | None, device) -> torch.Generator | None:
+    return torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+
+
+def encode_prompt(tokenizer, prompt: str) -> list[int]:
+    ids = tokenizer.encode(prompt)
+    if not ids:
+        raise GptkitError("empty prompt: give at least one character of text to continue")
+    return ids
+
+
+def generate(
+    model,
+    tokenizer,
+    prompt: str | Sequence[str],
+    *,
+    max_new_tokens: int = 50,
+    sampler: str | Callable | None = None,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    ignore_eos: bool = False,
+    stream: bool = False,
+    use_cache: bool | None = None,
+):
+    """The completion of `prompt` (text after it), or a list of completions for a list of prompts
+    (generated as one batch). `sampler` is a registered name or a callable (logits [B, V], generator)
+    -> ids [B]; unnamed it is greedy, or top-k / top-p when those are given. With `stream=True`
+    (one prompt), an iterator of text pieces as the tokens come."""
+    if not callable(sampler):
+        sampler = build_sampler(sampler, temperature=temperature, top_k=top_k, top_p=top_p)
+    device = next(model.parameters()).device
+    texts = [prompt] if isinstance(prompt, str) else list(prompt)
+    prompts = [encode_prompt(tokenizer, text) for text in texts]
+    kwargs = dict(
+        max_new_tokens=max_new_tokens,
+        sampler=sampler,
+        eos_id=None if ignore_eos else tokenizer.eos_id,
+        generator=make_generator(seed, device),
+        use_cache=use_cache,
+    )
+    if stream:
+        if len(prompts) != 1:
+            raise GptkitError("streaming takes one prompt")
+        return stream_text(model, tokenizer, prompts[0], **kwargs)
+    completions = generate_ids(model, prompts, **kwargs)
+    out = [tokenizer.decode(c.new_ids) for c in completions]
+    return out[0] if isinstance(prompt, str) else out
+
+
+def stream_text(model, tokenizer, prompt_ids: Sequence[int], **kwargs) -> Iterator[str]:
+    """Text pieces of one prompt's completion as its tokens come (kwargs as `Generation`)."""
+    decoder = TextDecoder(tokenizer)
+    for (token,) in Generation(model, [prompt_ids], **kwargs):
+        if token is not None and (piece := decoder.add(token)):
+            yield piece
+    if tail := decoder.flush():
+        yield tail

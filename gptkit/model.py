@@ -163,8 +163,8 @@ class GPT(nn.Module):
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
 
-    def forward(self, idx, *, positions=None, kv_caches=None, padding_mask=None):
-        """Logits [B, T, vocab] for token ids [B, T].
+    def forward(self, idx, *, positions=None, kv_caches=None, padding_mask=None, last_only=False):
+        """Logits [B, T, vocab] for token ids [B, T] ([B, 1, vocab] with `last_only`, all generation needs).
 
         `positions` [B, T] default to 0..T-1 after what `kv_caches` (one per block) already hold;
         `padding_mask` [B, T_total] is True on real tokens (needed with left padding).
@@ -179,6 +179,8 @@ class GPT(nn.Module):
         for i, block in enumerate(self.blocks):
             cache = kv_caches[i] if kv_caches is not None else None
             x = block(x, positions=positions, kv_cache=cache, padding_mask=padding_mask)
+        if last_only:
+            x = x[:, -1:]
         return self.head(self.final_norm(x))
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:

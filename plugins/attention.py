@@ -18,7 +18,8 @@ Kernel = Callable[..., torch.Tensor]
 
 
 def sdpa_kernel(q, k, v, mask, dropout_p):
-    """q [b h t d], k/v [b h s d]; mask None means plain causal over t == s."""
+    """q [b h t d], k/v [b h s d]; mask None means plain causal, queries being the last t of s keys
+    (only t == s or t == 1 reach here unmasked)."""
     if mask is None:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=q.shape[2] > 1)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
@@ -27,16 +28,19 @@ def sdpa_kernel(q, k, v, mask, dropout_p):
 def reference_kernel(q, k, v, mask, dropout_p):
     """The same maths, spelled out: masked scores, softmax, dropout, weighted sum of values."""
     scores = einsum(q, k, "b h t d, b h s d -> b h t s") / math.sqrt(q.shape[-1])
-    if mask is None:
+    if mask is None and q.shape[2] > 1:
         mask = causal_mask(q.shape[2], k.shape[2], None, q.device)
-    weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = torch.softmax(scores, dim=-1)
     weights = F.dropout(weights, p=dropout_p, training=dropout_p > 0)
     return einsum(weights, v, "b h t s, b h s d -> b h t d")
 
 
 def causal_mask(t_query: int, t_key: int, padding_mask: torch.Tensor | None, device) -> torch.Tensor:
     """Bool [B|1, 1, t_query, t_key], True where a query may look: at or before its own position
-    (queries are the last t_query of t_key positions) and not at padding. A query always sees itself,
+    (queries are the last t_query of t_key positions, as when a KV cache holds the earlier ones) and
+    not at padding (`padding_mask` [B, >= t_key], True on real tokens). A query always sees itself,
     so rows of padding never become all-masked (which would give NaN)."""
     q_pos = torch.arange(t_key - t_query, t_key, device=device)[:, None]
     k_pos = torch.arange(t_key, device=device)[None, :]
@@ -62,10 +66,10 @@ class CausalSelfAttention(nn.Module):
         if kv_cache is not None:
             k, v = kv_cache.update(k, v)
         t_query, t_key = q.shape[2], k.shape[2]
-        if padding_mask is None and t_query == t_key:
+        if padding_mask is None and t_query in (1, t_key):
             mask = None  # plain causal: let the kernel take its fastest path
-        elif padding_mask is None and t_query == 1:
-            mask = torch.ones(1, 1, 1, t_key, dtype=torch.bool, device=x.device)
+        elif t_query == 1:
+            mask = padding_mask[:, None, None, :t_key]  # one decoding step: a real token sees all real ones
         else:
             mask = causal_mask(t_query, t_key, padding_mask, x.device)
         y = self.kernel(q, k, v, mask, self.drop_rate if self.training else 0.0)

@@ -9,11 +9,9 @@ from __future__ import annotations
 import json
 import time
 
-import torch
-
 from gptkit import hookimpl
 from gptkit.errors import GptkitError
-from gptkit.generation import generate_ids
+from gptkit.generation import encode_prompt, generate_ids, make_generator
 from gptkit.registry import registry
 from gptkit.runs import (
     atomic_write_text,
@@ -38,17 +36,17 @@ def generate_recipe(config):
     sampler = registry.sampler.build(config.generate.sampler, ctx)
     write_run_config(config, out_dir, device)
     tokenizer = ctx.tokenizer
-    prompt_ids = tokenizer.encode(config.generate.prompt)
-    generator = torch.Generator(device=device).manual_seed(config.run.seed)
+    prompt_ids = encode_prompt(tokenizer, config.generate.prompt)
     start = time.perf_counter()
-    new_ids = generate_ids(
+    (completion,) = generate_ids(
         model,
-        prompt_ids,
+        [prompt_ids],
         max_new_tokens=config.generate.max_new_tokens,
         sampler=sampler,
         eos_id=None if config.generate.ignore_eos else tokenizer.eos_id,
-        generator=generator,
+        generator=make_generator(config.run.seed, device),
     )
+    new_ids = completion.new_ids
     seconds = time.perf_counter() - start
     text = config.generate.prompt + tokenizer.decode(new_ids)
     print(text)
