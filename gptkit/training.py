@@ -298,15 +298,15 @@ class Trainer:
         """A sample from `[generate] prompt` with `[generate] sampler`, seeded by step (the training RNG is untouched)."""
         g = self.config.generate
         generator = torch.Generator(device=self.device).manual_seed(self.config.run.seed + self.step)
-        new_ids = generate_ids(
+        (completion,) = generate_ids(
             self.model,
-            self.tokenizer.encode(g.prompt),
+            [self.tokenizer.encode(g.prompt)],
             max_new_tokens=g.max_new_tokens,
             sampler=self.sampler,
             eos_id=None if g.ignore_eos else self.tokenizer.eos_id,
             generator=generator,
         )
-        return g.prompt + self.tokenizer.decode(new_ids)
+        return g.prompt + self.tokenizer.decode(completion.new_ids)
 
     # -- checkpoints --
 
