@@ -81,10 +81,19 @@ def lr_at(step: int, *, lr: float, schedule: str, warmup_steps: int, total_steps
     return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes in bf16 natively (AVX512-BF16 or AMX), where bf16 autocast is
+    about 1.6x faster than fp32 for GPT-2 training; elsewhere it is emulated and slower."""
+    cpu = torch.cpu
+    return any(getattr(cpu, check, lambda: False)() for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """None for fp32; `auto` is bf16 on CUDA GPUs that support it, else fp32."""
+    """None for fp32. `auto` is bf16 mixed precision (fp32 weights and optimizer) where the
+    hardware computes bf16 natively: CUDA GPUs that support it, CPUs with AVX512-BF16 or AMX; else fp32."""
     if precision == "auto":
-        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+        native = torch.cuda.is_bf16_supported() if device.type == "cuda" else device.type == "cpu" and cpu_has_bf16()
+        precision = "bf16" if native else "fp32"
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
