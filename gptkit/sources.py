@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Mapping
 
 import torch
 
@@ -51,25 +52,37 @@ def load_source(source: str | Path, ctx: Context | None = None) -> LoadedModel:
     )
 
 
-def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
-    """Load weights strictly; a missing, extra or misshapen tensor is an error naming it."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    extra = sorted(set(state) - set(expected))
+def check_tensors(found: Mapping[str, tuple[int, ...]], expected: Mapping[str, tuple[int, ...]], where: str, why: str) -> None:
+    """Every expected tensor present with its shape and nothing else; else one error naming them.
+
+    `why` says where the expected shapes come from (e.g. "hparams.json").
+    """
+
+    def listed(names: list[str]) -> str:
+        return ", ".join(names[:5]) + (f" ... ({len(names)} in all)" if len(names) > 5 else "")
+
+    missing = [n for n in expected if n not in found]
+    extra = sorted(n for n in found if n not in expected)
     misshapen = [
-        f"{k} {tuple(state[k].shape)} (model expects {tuple(v.shape)})"
-        for k, v in expected.items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
+        f"{n} {list(found[n])} ({why} implies {list(shape)})"
+        for n, shape in expected.items()
+        if n in found and tuple(found[n]) != tuple(shape)
     ]
     problems = []
     if missing:
-        problems.append(f"missing tensors: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+        problems.append(f"missing tensor{'s' * (len(missing) > 1)} {listed(missing)}")
     if extra:
-        problems.append(f"unexpected tensors: {', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}")
+        problems.append(f"unexpected tensor{'s' * (len(extra) > 1)} {listed(extra)}")
     if misshapen:
-        problems.append(f"wrong shapes: {', '.join(misshapen[:5])}")
+        problems.append(f"wrong shape{'s' * (len(misshapen) > 1)}: {listed(misshapen)}")
     if problems:
-        raise GptkitError(f"{source}: weights do not fit the model: {'; '.join(problems)}")
+        raise GptkitError(f"{where}: {'; '.join(problems)}")
+
+
+def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Load weights strictly; a missing, extra or misshapen tensor is an error naming it."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    check_tensors({k: tuple(v.shape) for k, v in state.items()}, expected, f"{source}: weights do not fit the model", "the model")
     model.load_state_dict(state, strict=True)
 
 

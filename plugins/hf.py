@@ -28,7 +28,7 @@ from gptkit.errors import GptkitError
 from gptkit.interfaces import Context, LoadedModel
 from gptkit.model import GPTConfig, resolve_preset
 from gptkit.registry import registry
-from gptkit_plugins.pretrained import check_tensors
+from gptkit.sources import check_tensors
 
 HUB_IDS = {
     "gpt2-124M": "openai-community/gpt2",

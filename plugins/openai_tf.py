@@ -27,7 +27,8 @@ from gptkit.interfaces import Context, LoadedModel
 from gptkit.model import GPTConfig, resolve_preset
 from gptkit.registry import registry
 from gptkit.runs import atomic_write_text
-from gptkit_plugins.pretrained import cache_dir, check_tensors, fetch
+from gptkit.sources import check_tensors
+from gptkit_plugins.pretrained import cache_dir, fetch
 
 SIZES = {"gpt2-124M": "124M", "gpt2-355M": "355M", "gpt2-774M": "774M", "gpt2-1558M": "1558M"}
 PREFIX = "model.ckpt"

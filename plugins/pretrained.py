@@ -14,7 +14,7 @@ import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable
 
 from tqdm.auto import tqdm
 
@@ -108,30 +108,3 @@ def _receive(response, part: Path, offset: int, label: str) -> int | None:
         part.unlink(missing_ok=True)
         raise GptkitError(f"{part.with_name(label)}: cannot write ({exc.strerror or exc})") from None
     return total
-
-
-def check_tensors(found: Mapping[str, tuple[int, ...]], expected: Mapping[str, tuple[int, ...]], where: str, why: str) -> None:
-    """Every expected tensor present with its shape and nothing else; else one error naming them.
-
-    `why` says where the expected shapes come from (e.g. "hparams.json").
-    """
-
-    def listed(names: list[str]) -> str:
-        return ", ".join(names[:5]) + (f" ... ({len(names)} in all)" if len(names) > 5 else "")
-
-    missing = [n for n in expected if n not in found]
-    extra = sorted(n for n in found if n not in expected)
-    misshapen = [
-        f"{n} {list(found[n])} ({why} implies {list(shape)})"
-        for n, shape in expected.items()
-        if n in found and tuple(found[n]) != tuple(shape)
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing tensor{'s' * (len(missing) > 1)} {listed(missing)}")
-    if extra:
-        problems.append(f"unexpected tensor{'s' * (len(extra) > 1)} {listed(extra)}")
-    if misshapen:
-        problems.append(f"wrong shape{'s' * (len(misshapen) > 1)}: {listed(misshapen)}")
-    if problems:
-        raise GptkitError(f"{where}: {'; '.join(problems)}")

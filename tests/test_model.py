@@ -69,3 +69,19 @@ def test_components_come_from_the_registry(tiny_model_config):
     config = attrs.evolve(tiny_model_config, norm=Component("rmsnorm", {"eps": 1e-6}))
     model = GPT(config)
     assert isinstance(model.final_norm, torch.nn.RMSNorm) and model.final_norm.eps == 1e-6
+
+
+def test_load_state_names_every_misfit(tiny_model_config):
+    from gptkit.sources import load_state
+
+    model = GPT(tiny_model_config)
+    state = dict(model.state_dict())
+    state.pop("final_norm.bias")
+    state["blocks.9.extra"] = torch.zeros(1)
+    state["pos_emb.weight"] = torch.zeros(16, 32)
+    with pytest.raises(GptkitError) as err:
+        load_state(model, state, "ckpt")
+    message = str(err.value)
+    assert message.startswith("ckpt: weights do not fit the model: missing tensor final_norm.bias")
+    assert "unexpected tensor blocks.9.extra" in message
+    assert "wrong shape: pos_emb.weight [16, 32] (the model implies [32, 32])" in message
