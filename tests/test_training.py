@@ -46,6 +46,7 @@ lr = 3e-3
 eval_every = 3
 eval_batches = 2
 save_best = false
+precision = "fp32"
 [generate]
 max_new_tokens = 8
 """
@@ -329,3 +330,14 @@ def test_eval_command_and_evaluate_recipe(tmp_path):
     config = tiny_config(tmp_path, "run.recipe=evaluate", f"run.out_dir={tmp_path / 'ev'}", f"eval.text={text}", "eval.stride=8")
     recipe_result = gptkit.run(config)
     assert recipe_result["tokens"] == 499 and json.loads((tmp_path / "ev" / "eval.json").read_text()) == recipe_result
+
+
+def test_precision_auto_is_bf16_where_the_hardware_computes_it(monkeypatch):
+    from gptkit import training
+
+    cpu = torch.device("cpu")
+    assert training.autocast_dtype("fp32", cpu) is None and training.autocast_dtype("bf16", cpu) is torch.bfloat16
+    monkeypatch.setattr(training, "cpu_has_bf16", lambda: True)
+    assert training.autocast_dtype("auto", cpu) is torch.bfloat16
+    monkeypatch.setattr(training, "cpu_has_bf16", lambda: False)
+    assert training.autocast_dtype("auto", cpu) is None
