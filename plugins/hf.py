@@ -29,6 +29,7 @@ from gptkit.interfaces import Context, LoadedModel
 from gptkit.model import GPTConfig, resolve_preset
 from gptkit.registry import registry
 from gptkit.sources import check_tensors
+from gptkit_plugins.pretrained import gpt2_name_map
 
 HUB_IDS = {
     "gpt2-124M": "openai-community/gpt2",
@@ -46,24 +47,7 @@ TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 
 def name_map(n_layer: int) -> list[tuple[str, str, bool]]:
     """(HF name, gptkit name, is a Conv1D weight stored [in, out]) for every GPT-2 tensor."""
-    names = [("wte.weight", "tok_emb.weight", False), ("wpe.weight", "pos_emb.weight", False)]
-    for i in range(n_layer):
-        hf, pt = f"h.{i}.", f"blocks.{i}."
-        names += [
-            (hf + "ln_1.weight", pt + "norm1.weight", False),
-            (hf + "ln_1.bias", pt + "norm1.bias", False),
-            (hf + "attn.c_attn.weight", pt + "attn.qkv.weight", True),
-            (hf + "attn.c_attn.bias", pt + "attn.qkv.bias", False),
-            (hf + "attn.c_proj.weight", pt + "attn.proj.weight", True),
-            (hf + "attn.c_proj.bias", pt + "attn.proj.bias", False),
-            (hf + "ln_2.weight", pt + "norm2.weight", False),
-            (hf + "ln_2.bias", pt + "norm2.bias", False),
-            (hf + "mlp.c_fc.weight", pt + "ff.fc.weight", True),
-            (hf + "mlp.c_fc.bias", pt + "ff.fc.bias", False),
-            (hf + "mlp.c_proj.weight", pt + "ff.proj.weight", True),
-            (hf + "mlp.c_proj.bias", pt + "ff.proj.bias", False),
-        ]
-    return names + [("ln_f.weight", "final_norm.weight", False), ("ln_f.bias", "final_norm.bias", False)]
+    return gpt2_name_map(n_layer, lambda block, module, param: f"{'' if block is None else f'h.{block}.'}{module}.{param}")
 
 
 def gptkit_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:

@@ -28,7 +28,7 @@ from gptkit.model import GPTConfig, resolve_preset
 from gptkit.registry import registry
 from gptkit.runs import atomic_write_text
 from gptkit.sources import check_tensors
-from gptkit_plugins.pretrained import cache_dir, fetch
+from gptkit_plugins.pretrained import cache_dir, fetch, gpt2_name_map
 
 SIZES = {"gpt2-124M": "124M", "gpt2-355M": "355M", "gpt2-774M": "774M", "gpt2-1558M": "1558M"}
 PREFIX = "model.ckpt"
@@ -54,25 +54,18 @@ def openai_size(name: str) -> str | None:
 
 
 def name_map(n_layer: int) -> list[tuple[str, str, bool]]:
-    """(OpenAI variable, gptkit parameter, is a [1, in, out] convolution weight) for every tensor."""
-    names = [("model/wte", "tok_emb.weight", False), ("model/wpe", "pos_emb.weight", False)]
-    for i in range(n_layer):
-        tf, pt = f"model/h{i}/", f"blocks.{i}."
-        names += [
-            (tf + "ln_1/g", pt + "norm1.weight", False),
-            (tf + "ln_1/b", pt + "norm1.bias", False),
-            (tf + "attn/c_attn/w", pt + "attn.qkv.weight", True),
-            (tf + "attn/c_attn/b", pt + "attn.qkv.bias", False),
-            (tf + "attn/c_proj/w", pt + "attn.proj.weight", True),
-            (tf + "attn/c_proj/b", pt + "attn.proj.bias", False),
-            (tf + "ln_2/g", pt + "norm2.weight", False),
-            (tf + "ln_2/b", pt + "norm2.bias", False),
-            (tf + "mlp/c_fc/w", pt + "ff.fc.weight", True),
-            (tf + "mlp/c_fc/b", pt + "ff.fc.bias", False),
-            (tf + "mlp/c_proj/w", pt + "ff.proj.weight", True),
-            (tf + "mlp/c_proj/b", pt + "ff.proj.bias", False),
-        ]
-    return names + [("model/ln_f/g", "final_norm.weight", False), ("model/ln_f/b", "final_norm.bias", False)]
+    """(OpenAI variable, gptkit parameter, is a [1, in, out] convolution weight) for every tensor.
+
+    OpenAI spells HF's `h.0.ln_1.weight` as `model/h0/ln_1/g` (gains g, weights w, biases b) and the
+    embeddings as plain `model/wte`, `model/wpe`."""
+
+    def spell(block, module, param):
+        if module in ("wte", "wpe"):
+            return f"model/{module}"
+        short = "b" if param == "bias" else "g" if module.startswith("ln") else "w"
+        return f"model/{'' if block is None else f'h{block}/'}{module.replace('.', '/')}/{short}"
+
+    return gpt2_name_map(n_layer, spell)
 
 
 def expected_shapes(h: dict[str, int]) -> dict[str, tuple[int, ...]]:

@@ -108,3 +108,32 @@ def _receive(response, part: Path, offset: int, label: str) -> int | None:
         part.unlink(missing_ok=True)
         raise GptkitError(f"{part.with_name(label)}: cannot write ({exc.strerror or exc})") from None
     return total
+
+
+# GPT-2's tensors, as (module, parameter, gptkit name, is a Conv1D weight stored [in, out]); OpenAI's
+# TF checkpoints and Hugging Face's files name the same tree in their own spelling.
+GPT2_EMBEDDINGS = [("wte", "weight", "tok_emb.weight", False), ("wpe", "weight", "pos_emb.weight", False)]
+GPT2_BLOCK = [
+    ("ln_1", "weight", "norm1.weight", False),
+    ("ln_1", "bias", "norm1.bias", False),
+    ("attn.c_attn", "weight", "attn.qkv.weight", True),
+    ("attn.c_attn", "bias", "attn.qkv.bias", False),
+    ("attn.c_proj", "weight", "attn.proj.weight", True),
+    ("attn.c_proj", "bias", "attn.proj.bias", False),
+    ("ln_2", "weight", "norm2.weight", False),
+    ("ln_2", "bias", "norm2.bias", False),
+    ("mlp.c_fc", "weight", "ff.fc.weight", True),
+    ("mlp.c_fc", "bias", "ff.fc.bias", False),
+    ("mlp.c_proj", "weight", "ff.proj.weight", True),
+    ("mlp.c_proj", "bias", "ff.proj.bias", False),
+]
+GPT2_FINAL = [("ln_f", "weight", "final_norm.weight", False), ("ln_f", "bias", "final_norm.bias", False)]
+
+
+def gpt2_name_map(n_layer: int, spell) -> list[tuple[str, str, bool]]:
+    """(the format's name, gptkit name, is a Conv1D weight) for every GPT-2 tensor; `spell(block,
+    module, parameter)` writes a name in the format's spelling (block None outside the blocks)."""
+    names = [(spell(None, m, p), pt, conv) for m, p, pt, conv in GPT2_EMBEDDINGS]
+    for i in range(n_layer):
+        names += [(spell(i, m, p), f"blocks.{i}.{pt}", conv) for m, p, pt, conv in GPT2_BLOCK]
+    return names + [(spell(None, m, p), pt, conv) for m, p, pt, conv in GPT2_FINAL]
