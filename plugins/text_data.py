@@ -14,8 +14,6 @@ import hashlib
 import json
 import os
 import tempfile
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -27,12 +25,14 @@ from gptkit import hookimpl
 from gptkit.errors import GptkitError
 from gptkit.interfaces import Example
 from gptkit.runs import decode_utf8
+from gptkit_plugins.pretrained import cache_dir as default_cache_dir
+from gptkit_plugins.pretrained import fetch
 
 BLOCK_BYTES = 16 << 20  # tokenize big files in blocks cut at a newline
 
 
 def cache_root(cache_dir: str | None) -> Path:
-    return Path(cache_dir or os.environ.get("GPTKIT_CACHE") or Path.home() / ".cache" / "gptkit")
+    return Path(cache_dir) if cache_dir else default_cache_dir()
 
 
 def is_url(path: str) -> bool:
@@ -40,28 +40,15 @@ def is_url(path: str) -> bool:
 
 
 def download(url: str, cache: Path) -> Path:
-    """The file at `url`, downloaded once into `cache/downloads` (atomically: temp file, then rename)."""
+    """The file at `url`, downloaded once into `cache/downloads` (resumable, checked, atomic: see `fetch`)."""
     name = os.path.basename(url.split("?")[0]) or "download"
     target = cache / "downloads" / f"{hashlib.sha256(url.encode()).hexdigest()[:16]}-{name}"
     if target.is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {name}", leave=False) as bar:
-                while chunk := response.read(1 << 20):
-                    out.write(chunk)
-                    bar.update(len(chunk))
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, target)
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        Path(tmp).unlink(missing_ok=True)
-        reason = f"HTTP {exc.code} {exc.reason}" if isinstance(exc, urllib.error.HTTPError) else getattr(exc, "reason", None) or exc
-        raise GptkitError(f"{url}: download failed ({reason}); check the address, or set data.dataset.path to a local file") from None
-    return target
+        return fetch([url], target)
+    except GptkitError as exc:
+        raise GptkitError(f"{exc}; check the address, or set data.dataset.path to a local file") from None
 
 
 def text_files(path: str, cache: Path) -> list[Path]:

@@ -139,6 +139,6 @@ def test_url_is_downloaded_once(tmp_path, http_server):
 
 def test_url_failure_is_one_clear_error(tmp_path, http_server):
     base, _, _ = http_server
-    with pytest.raises(GptkitError, match=r"/missing\.txt: download failed \(.*404.*\); check the address"):
+    with pytest.raises(GptkitError, match=r"/missing\.txt: HTTP 404.*; check the address, or set data\.dataset\.path"):
         build(f"{base}/missing.txt", tmp_path)
-    assert not list((tmp_path / "cache" / "downloads").glob(".*"))  # no partial file left
+    assert not list((tmp_path / "cache" / "downloads").iterdir())  # no partial file left
