@@ -29,7 +29,7 @@ from gptkit.interfaces import Context, LoadedModel
 from gptkit.model import GPTConfig, resolve_preset
 from gptkit.registry import registry
 from gptkit.sources import check_tensors
-from gptkit_plugins.pretrained import gpt2_name_map
+from gptkit_plugins.pretrained import gpt2_name_map, read_gpt2_json
 
 HUB_IDS = {
     "gpt2-124M": "openai-community/gpt2",
@@ -93,23 +93,12 @@ def to_hf(state: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.
 
 def config_from_hf(path: Path) -> GPTConfig:
     """gptkit's model config from an HF GPT-2 config.json; settings gptkit's GPT cannot match are errors."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise GptkitError(f"{path}: missing (a Hugging Face GPT-2 folder holds config.json, {WEIGHTS}, vocab.json, merges.txt)") from None
-    except (OSError, ValueError) as exc:
-        raise GptkitError(f"{path}: not readable JSON ({exc})") from None
-    if not isinstance(data, dict) or data.get("model_type", "gpt2") != "gpt2":
-        raise GptkitError(f"{path}: model_type {data.get('model_type') if isinstance(data, dict) else None!r} is not GPT-2")
-    sizes = {}
-    for key, hf_key in (("vocab_size", "vocab_size"), ("context_length", "n_positions"), ("emb_dim", "n_embd"),
-                        ("n_heads", "n_head"), ("n_layers", "n_layer")):
-        value = data.get(hf_key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise GptkitError(f"{path}: {hf_key} must be a positive integer, got {value!r}")
-        sizes[key] = value
-    if sizes["emb_dim"] % sizes["n_heads"]:
-        raise GptkitError(f"{path}: n_embd = {sizes['emb_dim']} is not divisible by n_head = {sizes['n_heads']}")
+    sizes_in_file = {"vocab_size": "vocab_size", "context_length": "n_positions", "emb_dim": "n_embd", "n_heads": "n_head", "n_layers": "n_layer"}
+    missing = f"missing (a Hugging Face GPT-2 folder holds config.json, {WEIGHTS}, vocab.json, merges.txt)"
+    data = read_gpt2_json(path, sizes_in_file.values(), missing)
+    if data.get("model_type", "gpt2") != "gpt2":
+        raise GptkitError(f"{path}: model_type {data.get('model_type')!r} is not GPT-2")
+    sizes = {key: data[file_key] for key, file_key in sizes_in_file.items()}
     activation = data.get("activation_function", "gelu_new")
     if activation not in TANH_GELU:
         raise GptkitError(f"{path}: activation_function {activation!r} is not supported (gptkit's gelu-mlp is the tanh GELU, {TANH_GELU[0]!r})")

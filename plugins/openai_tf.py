@@ -28,7 +28,7 @@ from gptkit.model import GPTConfig, resolve_preset
 from gptkit.registry import registry
 from gptkit.runs import atomic_write_text
 from gptkit.sources import check_tensors
-from gptkit_plugins.pretrained import cache_dir, fetch, gpt2_name_map
+from gptkit_plugins.pretrained import cache_dir, fetch, gpt2_name_map, read_gpt2_json
 
 SIZES = {"gpt2-124M": "124M", "gpt2-355M": "355M", "gpt2-774M": "774M", "gpt2-1558M": "1558M"}
 PREFIX = "model.ckpt"
@@ -108,21 +108,7 @@ def config_from_hparams(h: dict[str, int]) -> GPTConfig:
 
 
 def read_hparams(folder: Path) -> dict[str, int]:
-    path = folder / "hparams.json"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise GptkitError(f"{path}: missing") from None
-    except (OSError, ValueError) as exc:
-        raise GptkitError(f"{path}: not readable JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise GptkitError(f"{path}: expected a JSON object with {', '.join(HPARAMS)}")
-    for key in HPARAMS:
-        value = data.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise GptkitError(f"{path}: {key} must be a positive integer, got {value!r}")
-    if data["n_embd"] % data["n_head"]:
-        raise GptkitError(f"{path}: n_embd = {data['n_embd']} is not divisible by n_head = {data['n_head']}")
+    data = read_gpt2_json(folder / "hparams.json", HPARAMS)
     return {key: data[key] for key in HPARAMS}
 
 

@@ -9,6 +9,7 @@ from the `.part` with an HTTP Range request, in the same call or the next one.
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import socket
 import urllib.error
@@ -109,6 +110,26 @@ def _receive(response, part: Path, offset: int, label: str) -> int | None:
         raise GptkitError(f"{part.with_name(label)}: cannot write ({exc.strerror or exc})") from None
     return total
 
+
+def read_gpt2_json(path: Path, size_keys: Iterable[str], missing: str = "missing") -> dict:
+    """The JSON object of a GPT-2 folder's hparams.json or config.json, checked to give each of
+    `size_keys` as a positive integer and an n_embd that n_head divides; else one error naming the file."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise GptkitError(f"{path}: {missing}") from None
+    except (OSError, ValueError) as exc:
+        raise GptkitError(f"{path}: not readable JSON ({exc})") from None
+    size_keys = list(size_keys)
+    if not isinstance(data, dict):
+        raise GptkitError(f"{path}: expected a JSON object with {', '.join(size_keys)}")
+    for key in size_keys:
+        value = data.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise GptkitError(f"{path}: {key} must be a positive integer, got {value!r}")
+    if data["n_embd"] % data["n_head"]:
+        raise GptkitError(f"{path}: n_embd = {data['n_embd']} is not divisible by n_head = {data['n_head']}")
+    return data
 
 # GPT-2's tensors, as (module, parameter, gptkit name, is a Conv1D weight stored [in, out]); OpenAI's
 # TF checkpoints and Hugging Face's files name the same tree in their own spelling.
