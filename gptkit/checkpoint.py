@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -26,8 +27,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from gptkit.config import Component
 from gptkit.errors import GptkitError
-from gptkit.interfaces import LoadedModel
+from gptkit.files import fsync_file, replace_dir
+from gptkit.interfaces import Context, LoadedModel
+from gptkit.model import GPTConfig
+from gptkit.plugins import registry
 
 FORMAT = "gptkit"
 FORMAT_VERSION = 1
@@ -36,38 +41,8 @@ CONFIG = "config.json"
 STATE = "training_state.pt"
 CHECKPOINTS = "checkpoints"
 BEST = "best"
-
-
-def fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - some filesystems refuse
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Move a fully written temp folder into place; an old `final` is removed only after."""
-    fsync_dir(tmp)
-    if final.exists():
-        old = final.with_name(f".{final.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-    fsync_dir(final.parent)
-
-
-def fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
+MODEL = "model"  # <run>/model/: the model of a run that does not train (the generate recipe)
+STEP_DIR = re.compile(r"step-(\d+)$")
 
 
 def model_state_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -129,13 +104,8 @@ def is_model_dir(path: str | Path) -> bool:
         return False
 
 
-def load_model_files(directory: str | Path, ctx=None) -> LoadedModel:
+def load_model_files(directory: str | Path, ctx: Context | None = None) -> LoadedModel:
     """Read a gptkit model folder: config, weights (safetensors) and tokenizer."""
-    from gptkit.config import Component
-    from gptkit.interfaces import Context
-    from gptkit.model import GPTConfig
-    from gptkit.registry import registry
-
     directory = Path(directory)
     config_path = directory / CONFIG
     try:
@@ -170,11 +140,19 @@ def step_dir(run_dir: Path, step: int) -> Path:
 
 
 def step_checkpoints(run_dir: Path) -> list[Path]:
-    """The run's complete `checkpoints/step-N` folders, oldest first."""
-    from gptkit.sources import STEP_DIR
-
+    """The run's complete `checkpoints/step-N` folders (model and training state), oldest first."""
     found = [(int(m.group(1)), p) for p in (Path(run_dir) / CHECKPOINTS).glob("step-*") if (m := STEP_DIR.search(p.name))]
     return [p for _, p in sorted(found) if (p / STATE).is_file() and is_model_dir(p)]
+
+
+def run_model_dir(run_dir: Path) -> Path | None:
+    """The model a run folder stands for: its latest checkpoint, else the model a non-training
+    recipe saved (`model/`), else None."""
+    found = step_checkpoints(run_dir)
+    if found:
+        return found[-1]
+    saved = Path(run_dir) / MODEL
+    return saved if is_model_dir(saved) else None
 
 
 def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, tokenizer: Any, state: dict[str, Any], keep: int) -> Path:

@@ -5,13 +5,29 @@ Shell completion (click): `eval "$(_GPTKIT_COMPLETE=bash_source gptkit)"` (zsh_s
 
 from __future__ import annotations
 
+import json
 import sys
+import time
 import traceback
+import warnings
+from pathlib import Path
 
+import attrs
 import click
+import torch
 
-from gptkit import __version__
+from gptkit import plugins as plugin_manager
+from gptkit.config import Component, load_config, show_toml
 from gptkit.errors import GptkitError
+from gptkit.evaluation import text_loss
+from gptkit.files import read_text
+from gptkit.generation import stream_text, text_generation
+from gptkit.interfaces import Context
+from gptkit.plugins import GptkitWarning, registry
+from gptkit.runs import resolve_device, run as run_config
+from gptkit.sources import load_model, load_source
+from gptkit.version import __version__
+from gptkit.weights import check_vocab
 
 
 class GptkitGroup(click.Group):
@@ -51,18 +67,15 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.argument("overrides", nargs=-1)
 def run(experiment: str, overrides: tuple[str, ...]) -> None:
     """Run EXPERIMENT.toml, with KEY=VALUE (or ~KEY) overrides."""
-    import gptkit
-
-    config = gptkit.load_config(experiment, overrides)
-    gptkit.run(config)
+    config = load_config(experiment, overrides)
+    command = ["gptkit", "run", experiment, *overrides]  # recorded in config.toml; the resume hint repeats it
+    run_config(attrs.evolve(config, provenance={**config.provenance, "command": command}))
 
 
 @cli.command("list")
 @click.argument("kind", required=False)
 def list_components(kind: str | None) -> None:
     """Registered components (of KIND, or of every kind), with origin and doc."""
-    from gptkit.registry import registry
-
     registries = [registry[kind]] if kind else list(registry)
     for i, reg in enumerate(registries):
         if i:
@@ -79,8 +92,6 @@ def list_components(kind: str | None) -> None:
 @cli.command()
 def plugins() -> None:
     """Loaded plugins: entry point, distribution, version, hooks."""
-    from gptkit import plugins as plugin_manager
-
     for info in plugin_manager.loaded():
         kind = "built-in" if info.builtin else "third-party"
         status = f"FAILED: {info.error}" if info.error else ", ".join(info.hooks) or "(no hooks)"
@@ -96,11 +107,8 @@ def config() -> None:
 @click.argument("experiment", type=click.Path(dir_okay=False))
 @click.argument("overrides", nargs=-1)
 def config_show(experiment: str, overrides: tuple[str, ...]) -> None:
-    """Print the fully resolved config as TOML."""
-    import gptkit
-    from gptkit.runs import config_toml
-
-    click.echo(config_toml(gptkit.load_config(experiment, overrides)), nl=False)
+    """Print the fully resolved config as TOML; keys left unset are shown commented, with what unset means."""
+    click.echo(show_toml(load_config(experiment, overrides)), nl=False)
 
 
 @config.command("validate")
@@ -109,16 +117,14 @@ def config_show(experiment: str, overrides: tuple[str, ...]) -> None:
 def config_validate(experiments: tuple[str, ...], overrides: tuple[str, ...]) -> None:
     """Check structure, types and component names (not whether files or URLs exist).
 
-    EXPERIMENTS are TOML files, optionally followed by KEY=VALUE overrides for all of them.
+    EXPERIMENTS are TOML files (*.toml), optionally followed by KEY=VALUE overrides for all of them.
     """
-    import gptkit
-
-    files = [e for e in experiments if "=" not in e and not e.startswith("~")]
+    files = [e for e in experiments if e.endswith(".toml") and "=" not in e and not e.startswith("~")]
     extra = [e for e in experiments if e not in files] + list(overrides)
     failed = False
     for path in files:
         try:
-            gptkit.load_config(path, extra)
+            load_config(path, extra)
         except GptkitError as exc:
             failed = True
             click.echo(f"error: {exc}", err=True)
@@ -138,10 +144,6 @@ DOWNLOAD_LOADERS = {"openai": "openai-tf", "hf": "hf"}  # --source -> checkpoint
 @click.option("--dir", "directory", type=click.Path(file_okay=False), help="Download folder (default: the cache).")
 def download(name: str, source: str, directory: str | None) -> None:
     """Download pretrained weights NAME (gpt2-124M ... gpt2-1558M, an alias, or a hub id); print the folder."""
-    from gptkit.config import Component
-    from gptkit.interfaces import Context
-    from gptkit.registry import registry
-
     loader = registry.checkpoint.build(Component(DOWNLOAD_LOADERS[source], {"dir": directory}), Context())
     click.echo(loader.download(name))
 
@@ -153,13 +155,6 @@ def download(name: str, source: str, directory: str | None) -> None:
               help="A checkpoint loader that writes its format: hf (transformers' GPT2LMHeadModel) or gptkit.")
 def export(source: str, directory: str, fmt: str) -> None:
     """Write the model SOURCE (run folder, model folder or name) into the new folder DIRECTORY."""
-    from pathlib import Path
-
-    from gptkit.config import Component
-    from gptkit.interfaces import Context
-    from gptkit.registry import registry
-    from gptkit.sources import load_source
-
     writer = registry.checkpoint.build(Component(fmt), Context())
     if not hasattr(writer, "save"):
         writers = [n for n in registry.checkpoint.names() if hasattr(registry.checkpoint.get(n).factory, "save")]
@@ -175,17 +170,15 @@ def export(source: str, directory: str, fmt: str) -> None:
 @click.option("--text", "text_file", required=True, type=click.Path(dir_okay=False), help="UTF-8 text file to score.")
 @click.option("--stride", type=int, help="Window stride in tokens for texts longer than the context (default: the context).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--threads", type=click.IntRange(min=1), help="torch's intra-op threads (default: torch's own choice).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: loss, perplexity, tokens.")
-def eval_command(source: str, text_file: str, stride: int | None, device: str, as_json: bool) -> None:
+def eval_command(source: str, text_file: str, stride: int | None, device: str, threads: int | None, as_json: bool) -> None:
     """Mean cross-entropy and perplexity of SOURCE's model on a text (no token prepended)."""
-    import json
-
-    from gptkit.runs import read_text, resolve_device
-    from gptkit.sources import load_model
-    from gptkit.training import text_loss
-
+    if threads:
+        torch.set_num_threads(threads)
     text = read_text(text_file)
     model, tokenizer = load_model(source, device=resolve_device(device))
+    check_vocab(model.config, tokenizer, source)
     result = text_loss(model, tokenizer.encode(text), stride=stride)
     if as_json:
         click.echo(json.dumps(result))
@@ -207,23 +200,15 @@ def eval_command(source: str, text_file: str, stride: int | None, device: str, a
 @click.option("--ignore-eos", is_flag=True, help="Keep going past end-of-text.")
 @click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--threads", type=click.IntRange(min=1), help="torch's intra-op threads (default: torch's own choice).")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the decoding step (for GPUs; on CPU it is slower).")
-def generate(source, prompts, max_new_tokens, sampler, temperature, top_k, top_p, seed, stream, as_json, ignore_eos, dtype, device, compile_):
+def generate(source, prompts, max_new_tokens, sampler, temperature, top_k, top_p, seed, stream, as_json, ignore_eos, dtype, device, threads, compile_):
     """Continue text with the model SOURCE (a run, checkpoint or model folder, or a model name).
 
     Prints each prompt followed by its completion (a blank line between prompts). With --json, one
     line per prompt, where tokens_per_s is that prompt's new tokens over the batch's prefill + decode
     time (so the lines' figures add up to the batch's throughput).
     """
-    import json
-    import time
-
-    import torch
-
-    import gptkit
-    from gptkit.generation import Generation, TextDecoder, build_sampler, encode_prompt, make_generator
-    from gptkit.runs import resolve_device
-
     if stream and as_json:
         raise GptkitError("--stream and --json do not go together")
     texts = list(prompts) or [_stdin_prompt()]
@@ -231,33 +216,26 @@ def generate(source, prompts, max_new_tokens, sampler, temperature, top_k, top_p
         raise GptkitError("--stream takes one prompt")
     if any(not text for text in texts):
         raise GptkitError("empty prompt: give at least one character of text to continue")
-    sample = build_sampler(sampler, temperature=temperature, top_k=top_k, top_p=top_p)
+    if threads:
+        torch.set_num_threads(threads)
     device = resolve_device(device)
-    model, tokenizer = gptkit.load_model(source, device=device, dtype=torch.bfloat16 if dtype == "bf16" else None)
+    model, tokenizer = load_model(source, device=device, dtype=torch.bfloat16 if dtype == "bf16" else None)
     if tokenizer is None:
         raise GptkitError(f"{source}: no tokenizer comes with this model")
-    generation = Generation(
-        model,
-        [encode_prompt(tokenizer, text) for text in texts],
-        max_new_tokens=max_new_tokens,
-        sampler=sample,
-        eos_id=None if ignore_eos else tokenizer.eos_id,
-        generator=make_generator(seed, device),
-        compile=compile_,
+    generation = text_generation(
+        model, tokenizer, texts, max_new_tokens=max_new_tokens, sampler=sampler, temperature=temperature,
+        top_k=top_k, top_p=top_p, seed=seed, ignore_eos=ignore_eos, compile=compile_,
     )
-    start = time.perf_counter()
     if stream:
-        decoder = TextDecoder(tokenizer)
         click.echo(texts[0], nl=False)
-        for (token,) in generation:
-            if token is not None:
-                click.echo(decoder.add(token), nl=False)
-        click.echo(decoder.flush())
+        for piece in stream_text(generation, tokenizer):
+            click.echo(piece, nl=False)
+        click.echo()
         return
-    for _ in generation:
-        pass
+    start = time.perf_counter()
+    completions = generation.run()
     seconds = time.perf_counter() - start
-    for i, (text, c) in enumerate(zip(texts, generation.completions)):
+    for i, (text, c) in enumerate(zip(texts, completions)):
         completion = tokenizer.decode(c.new_ids)
         if as_json:
             row = dict(
@@ -280,12 +258,18 @@ def _stdin_prompt() -> str:
     return text[:-1] if text.endswith("\n") else text
 
 
-def _add_plugin_commands() -> None:
-    from gptkit import plugins as plugin_manager
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """gptkit's own warnings as one `warning: ...` line (no internal file and line); others as Python shows them."""
+    if issubclass(category, GptkitWarning):
+        click.echo(f"warning: {message}", err=True)
+    else:
+        _python_show_warning(message, category, filename, lineno, file, line)
 
-    plugin_manager.hook().register_commands(cli=cli)
+
+_python_show_warning = warnings.showwarning
 
 
 def main(argv: list[str] | None = None) -> None:
-    _add_plugin_commands()
+    warnings.showwarning = _show_warning
+    plugin_manager.hook().register_commands(cli=cli)
     cli.main(args=argv, prog_name="gptkit")

@@ -9,6 +9,8 @@ component and the other keys are checked against that component's params class.
 
 from __future__ import annotations
 
+import difflib
+import os
 import sys
 import types
 import typing
@@ -16,9 +18,11 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import attrs
+import tomli_w
 
 from gptkit.errors import ConfigError, GptkitError
-from gptkit.registry import registry
+from gptkit.plugins import registry
+from gptkit.presets import PRESETS, resolve_preset
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -39,35 +43,71 @@ def component(name: str, **params: Any) -> Any:
     return attrs.field(factory=lambda: Component(name, dict(params)))
 
 
-def kind(registry_kind: str, default: Any = attrs.NOTHING, **kwargs: Any) -> Any:
-    """A field whose value is a component of `registry_kind` (checked against its registry)."""
-    return attrs.field(default=default, metadata={"kind": registry_kind}, **kwargs)
+def kind(registry_kind: str, default: Any = attrs.NOTHING, *, unset: str | None = None, **kwargs: Any) -> Any:
+    """A field whose value is a component of `registry_kind` (checked against its registry);
+    `unset` says what leaving it out (None) means."""
+    return attrs.field(default=default, metadata={"kind": registry_kind, "unset": unset}, **kwargs)
+
+
+def unset(meaning: str, **kwargs: Any) -> Any:
+    """A field that defaults to None, with what None means (`gptkit config show` prints it)."""
+    return attrs.field(default=None, metadata={"unset": meaning}, **kwargs)
+
+
+def path_field(default: Any = None, *, source: bool = False, unset: str | None = None, **kwargs: Any) -> Any:
+    """A field (of a section or of a component's params class) holding a local path, which the config
+    loader makes absolute: relative to the experiment file when written there, to the working
+    directory when given as KEY=VALUE. URLs pass through. With `source`, the value may also be a
+    model name or hub id (`gpt2-medium`, `openai-community/gpt2`), which pass through too: only a
+    value that starts with `.`, `/` or `~`, or names an existing file or folder, is a path."""
+    return attrs.field(default=default, metadata={"path": "source" if source else "path", "unset": unset}, **kwargs)
+
+
+def resolve_path(value: str, base: Path, how: str) -> str:
+    """`value` as an absolute path against `base` (see `path_field`), or unchanged."""
+    if "://" in value:
+        return value
+    expanded = Path(value).expanduser()
+    if how == "source" and not (value.startswith((".", "/", "~")) or (base / expanded).exists()):
+        return value
+    return os.path.normpath(base / expanded)
+
+
+def _near(key: str, choices: Any) -> str:
+    near = difflib.get_close_matches(key, list(choices), n=1)
+    return f"; did you mean {near[0]!r}?" if near else ""
 
 
 # --- the sections -------------------------------------------------------------------------------
 
 
+def _folder_name(instance: Any, attribute: attrs.Attribute, value: str) -> None:
+    if not value or value in (".", "..") or "/" in value or "\\" in value:
+        raise ValueError(f"a folder name is needed (letters, digits, - _ .; no slash), got {value!r}: the run writes runs/<name>")
+
+
 @attrs.define
 class RunSection:
-    name: str
+    name: str = attrs.field(validator=_folder_name)
     recipe: str = kind("recipe")
-    out_dir: str | None = None  # default runs/<name>
+    out_dir: str | None = unset("runs/<name>, relative to the working directory")
     resume: str = "none"  # none | auto | PATH
     seed: int = 123
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    threads: int | None = unset("torch's own choice of intra-op threads")
 
 
 @attrs.define
 class ModelSection:
-    preset: str | None = None
-    vocab_size: int | None = None
-    context_length: int | None = None
-    emb_dim: int | None = None
-    n_heads: int | None = None
-    n_layers: int | None = None
+    preset: str | None = unset("no preset: sizes from the keys below, or from init.checkpoint")
+    vocab_size: int | None = unset("from model.preset or init.checkpoint")
+    context_length: int | None = unset("from model.preset or init.checkpoint")
+    emb_dim: int | None = unset("from model.preset or init.checkpoint")
+    n_heads: int | None = unset("from model.preset or init.checkpoint")
+    n_layers: int | None = unset("from model.preset or init.checkpoint")
     drop_rate: float = 0.0
-    qkv_bias: bool | None = None  # None: from the checkpoint, else False
-    tie_weights: bool | None = None  # None: from the checkpoint, else True
+    qkv_bias: bool | None = unset("from init.checkpoint, else false")
+    tie_weights: bool | None = unset("from init.checkpoint, else true")
     init: Literal["gpt2", "torch-default"] = "gpt2"  # random init: GPT-2's N(0, 0.02), or PyTorch's layer defaults
     attention: Component = kind("attention", factory=lambda: Component("causal"))
     norm: Component = kind("norm", factory=lambda: Component("layernorm"))
@@ -76,17 +116,16 @@ class ModelSection:
 
 @attrs.define
 class InitSection:
-    checkpoint: Component | None = kind("checkpoint", None)
+    checkpoint: Component | None = kind("checkpoint", None, unset="random initialisation ([model] init)")
 
 
 @attrs.define
 class DataSection:
     tokenizer: Component = kind("tokenizer", factory=lambda: Component("gpt2"))
-    dataset: Component | None = kind("dataset", None)
-    prompt: Component | None = kind("prompt", None)
+    dataset: Component | None = kind("dataset", None, unset="none (the recipes that train need one)")
+    prompt: Component | None = kind("prompt", None, unset="none: no prompt format")
     collator: Component = kind("collator", factory=lambda: Component("lm"))
     split: list[float] = attrs.field(factory=lambda: [0.9, 0.1])
-    num_workers: int = 0
 
 
 @attrs.define
@@ -111,7 +150,6 @@ class TrainSection:
     keep_checkpoints: int = 2
     early_stopping_patience: int = 0  # evaluations without a better val_loss; 0: never stop early
     save_best: bool = True  # keep checkpoints/best: the model with the lowest val_loss so far
-    log_every: int = 1
 
 
 @attrs.define
@@ -125,8 +163,8 @@ class GenerateSection:
 @attrs.define
 class EvalSection:
     scorers: list[Component] = kind("scorer", factory=list)
-    text: str | None = None
-    stride: int | None = None
+    text: str | None = path_field(unset="none (the evaluate recipe needs a text file)")
+    stride: int | None = unset("the context length")
 
 
 @attrs.define
@@ -256,7 +294,7 @@ class _Structurer:
             if key not in fields:
                 allowed = ", ".join(fields) or "no parameters"
                 where = f"{owner} takes" if owner else "expected one of"
-                self.problem(f"{prefix}{key}", f"unknown key ({where}: {allowed})")
+                self.problem(f"{prefix}{key}", f"unknown key{_near(key, fields)} ({where}: {allowed})")
         values: dict[str, Any] = {}
         for name, field in fields.items():
             registry_kind = field.metadata.get("kind")
@@ -333,21 +371,52 @@ def to_raw(value: Any) -> Any:
     return value
 
 
+def show_toml(config: Config) -> str:
+    """The resolved config as TOML, with every key left unset shown as a comment under its table
+    (`# out_dir: unset (runs/<name>, ...)`), so that the output lists every key there is."""
+    comments: dict[str, list[str]] = {}
+    for section_field in attrs.fields(Config):
+        section = getattr(config, section_field.name)
+        if not attrs.has(type(section)):
+            continue
+        for field in attrs.fields(type(section)):
+            value = getattr(section, field.name)
+            if value is None:
+                meaning = field.metadata.get("unset")
+                comments.setdefault(section_field.name, []).append(f"# {field.name}: unset" + (f" ({meaning})" if meaning else ""))
+            elif isinstance(value, Component):
+                entry = registry[field.metadata["kind"]].get(value.name)
+                for name in _fields(entry.params) if entry.params else {}:
+                    if value.params.get(name) is None:
+                        comments.setdefault(f"{section_field.name}.{field.name}", []).append(f"# {name}: unset ({value.name}'s default)")
+    lines = []
+    for line in tomli_w.dumps(to_raw(config)).splitlines():
+        lines.append(line)
+        if line.startswith("[") and line.strip("[]") in comments:
+            lines += comments.pop(line.strip("[]"))
+    for table, rest in comments.items():  # tables with no key set at all
+        lines += ["", f"[{table}]", *rest]
+    return "\n".join(lines) + "\n"
+
+
 # --- overrides ----------------------------------------------------------------------------------
 
 
-def _leaf_type(parts: list[str], raw: dict[str, Any], fill_defaults: bool) -> tuple[Any, str | None]:
-    """The declared type at a dotted path, or (None, problem) when the path names no key.
+def _leaf_type(parts: list[str], raw: dict[str, Any], fill_defaults: bool) -> tuple[Any, str | None, Any]:
+    """(the declared type at a dotted path, None, its attrs field or None), or (None, problem, None)
+    when the path names no key.
 
     With `fill_defaults`, a component the raw data leaves out is filled in with its default, so that
     `generate.sampler.top_k=5` refines the default sampler instead of replacing it with a nameless one.
     """
     tp: Any = Config
     node: Any = raw
+    field: Any = None
     for depth, part in enumerate(parts):
         tp, _ = _optional_inner(tp)
         here = ".".join(parts[: depth + 1])
         child_default: Any = None
+        field = None
         if tp is Component:
             if part == "name":
                 tp = str
@@ -356,16 +425,18 @@ def _leaf_type(parts: list[str], raw: dict[str, Any], fill_defaults: bool) -> tu
                 kind_ = _component_kind(parts[:depth])
                 if kind_ and isinstance(name, str) and name in registry[kind_]:
                     params_cls = registry[kind_].get(name).params
-                    if params_cls is None or part not in _fields(params_cls):
-                        takes = ", ".join(_fields(params_cls)) if params_cls else "no parameters"
-                        return None, f"{here}: unknown key ({kind_} {name!r} takes: {takes})"
-                    tp = _fields(params_cls)[part].type
+                    params = _fields(params_cls) if params_cls else {}
+                    if part not in params:
+                        takes = ", ".join(params) or "no parameters"
+                        return None, f"{here}: unknown key{_near(part, params)} ({kind_} {name!r} takes: {takes})", None
+                    field = params[part]
+                    tp = field.type
                 else:
                     tp = Any
         elif attrs.has(tp):
             fields = _fields(tp)
             if part not in fields:
-                return None, f"{here}: unknown key (expected one of: {', '.join(fields)})"
+                return None, f"{here}: unknown key{_near(part, fields)} (expected one of: {', '.join(fields)})", None
             field = fields[part]
             tp = field.type
             if isinstance(field.default, attrs.Factory):
@@ -373,11 +444,11 @@ def _leaf_type(parts: list[str], raw: dict[str, Any], fill_defaults: bool) -> tu
         elif typing.get_origin(tp) is dict or tp is Any:
             tp = Any
         else:
-            return None, f"{here}: {'.'.join(parts[:depth])} is {_type_name(tp)}, it has no key {part!r}"
+            return None, f"{here}: {'.'.join(parts[:depth])} is {_type_name(tp)}, it has no key {part!r}", None
         if fill_defaults and isinstance(node, dict) and part not in node and depth < len(parts) - 1:
             node[part] = to_raw(child_default) if isinstance(child_default, Component) else {}
         node = node.get(part) if isinstance(node, dict) else None
-    return tp, None
+    return tp, None, field
 
 
 def _component_kind(parts: list[str]) -> str | None:
@@ -407,16 +478,17 @@ def _parse_value(tp: Any, text: str) -> Any:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str], problems: list[str]) -> None:
-    """Apply `KEY=VALUE` and `~KEY` to raw config data in place; report bad ones to `problems`."""
+    """Apply `KEY=VALUE` and `~KEY` to raw config data in place; report bad ones to `problems`.
+    A path given here is relative to the working directory: it is made absolute now."""
     for override in overrides:
         remove = override.startswith("~")
         key, sep, text = override[1:].partition("=") if remove else override.partition("=")
         key = key.strip()
         if not key or (not remove and not sep) or (remove and sep):
-            problems.append(f"{override}: an override is KEY=VALUE or ~KEY")
+            problems.append(f"{override}: an override is KEY=VALUE or ~KEY (e.g. train.lr=3e-4)")
             continue
         parts = key.split(".")
-        tp, problem = _leaf_type(parts, raw, fill_defaults=not remove)
+        tp, problem, field = _leaf_type(parts, raw, fill_defaults=not remove)
         if problem:
             problems.append(f"{problem} (from override {override!r})")
             continue
@@ -429,7 +501,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], problems: list[st
             if remove:
                 node.pop(parts[-1], None)
             else:
-                node[parts[-1]] = _parse_value(tp, text)
+                value = _parse_value(tp, text)
+                how = field.metadata.get("path") if field is not None else None
+                node[parts[-1]] = resolve_path(value, Path.cwd(), how) if how and isinstance(value, str) else value
 
 
 # --- loading ------------------------------------------------------------------------------------
@@ -448,8 +522,9 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise GptkitError(f"{path}: cannot read: {exc.strerror}") from None
 
 
-def structure(raw: dict[str, Any], overrides: list[str] = (), source: str | None = None) -> Config:
-    """Check raw config data (plus overrides) and return the Config, or raise ConfigError with every problem."""
+def structure(raw: dict[str, Any], overrides: list[str] = (), source: str | None = None, base: Path | None = None) -> Config:
+    """Check raw config data (plus overrides) and return the Config, or raise ConfigError with every
+    problem. Relative paths in `raw` resolve against `base` (default: the working directory)."""
     raw = _deepcopy(raw)
     problems: list[str] = []
     apply_overrides(raw, list(overrides), problems)
@@ -460,12 +535,33 @@ def structure(raw: dict[str, Any], overrides: list[str] = (), source: str | None
     problems += structurer.problems
     if problems:
         raise ConfigError(problems, source=source)
+    _resolve_paths(config, base or Path.cwd())
     return config
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Load an experiment TOML file, apply `KEY=VALUE` / `~KEY` overrides and validate everything."""
-    return structure(read_toml(path), list(overrides), source=str(path))
+    """Load an experiment TOML file, apply `KEY=VALUE` / `~KEY` overrides and validate everything.
+    Paths written in the file are relative to the file's folder."""
+    return structure(read_toml(path), list(overrides), source=str(path), base=Path(path).resolve().parent)
+
+
+def _resolve_paths(section: Any, base: Path) -> None:
+    """Make every path field (see `path_field`) of the config's sections and components absolute."""
+    for field in attrs.fields(type(section)):
+        value = getattr(section, field.name)
+        how = field.metadata.get("path")
+        if how and isinstance(value, str):
+            setattr(section, field.name, resolve_path(value, base, how))
+        elif field.metadata.get("kind"):
+            for spec in value if isinstance(value, list) else [value]:
+                if isinstance(spec, Component) and spec.name in registry[field.metadata["kind"]]:
+                    params_cls = registry[field.metadata["kind"]].get(spec.name).params
+                    for name, param in (_fields(params_cls) if params_cls else {}).items():
+                        how = param.metadata.get("path")
+                        if how and isinstance(spec.params.get(name), str):
+                            spec.params[name] = resolve_path(spec.params[name], base, how)
+        elif attrs.has(type(value)):
+            _resolve_paths(value, base)
 
 
 def _deepcopy(value: Any) -> Any:
@@ -478,8 +574,6 @@ def _deepcopy(value: Any) -> Any:
 
 def _check(config: Config, s: _Structurer) -> None:
     """Checks that span several keys."""
-    from gptkit.model import PRESETS, resolve_preset
-
     m = config.model
     if m.preset is not None and resolve_preset(m.preset) is None:
         s.problem("model.preset", f"unknown preset {m.preset!r}; presets: {', '.join(PRESETS)}")
@@ -498,8 +592,10 @@ def _check(config: Config, s: _Structurer) -> None:
         s.problem("model.drop_rate", f"must be in [0, 1), got {m.drop_rate}")
     if config.run.resume not in ("none", "auto") and not config.run.resume:
         s.problem("run.resume", "none, auto or a checkpoint path")
+    if config.run.threads is not None and config.run.threads < 1:
+        s.problem("run.threads", f"must be >= 1, got {config.run.threads}")
     t = config.train
-    for key in ("epochs", "batch_size", "grad_accum", "eval_batches", "keep_checkpoints", "log_every"):
+    for key in ("epochs", "batch_size", "grad_accum", "eval_batches", "keep_checkpoints"):
         if getattr(t, key) < 1:
             s.problem(f"train.{key}", f"must be >= 1, got {getattr(t, key)}")
     for key in ("max_steps", "eval_every", "checkpoint_every", "warmup_steps", "early_stopping_patience"):

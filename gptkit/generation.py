@@ -24,7 +24,11 @@ import attrs
 import torch
 from torch import nn
 
+from gptkit.config import Component
 from gptkit.errors import GptkitError
+from gptkit.interfaces import Context
+from gptkit.plugins import registry
+from gptkit.weights import check_vocab
 
 log = logging.getLogger(__name__)
 
@@ -261,12 +265,16 @@ class Generation:
             )
 
 
+    def run(self) -> list[Completion]:
+        """Generate to the end; the completions."""
+        for _ in self:
+            pass
+        return self.completions
+
+
 def generate_ids(model, prompts: Sequence[Sequence[int]], **kwargs) -> list[Completion]:
     """Generate after each prompt (token ids) as one batch; kwargs as `Generation`."""
-    generation = Generation(model, prompts, **kwargs)
-    for _ in generation:
-        pass
-    return generation.completions
+    return Generation(model, prompts, **kwargs).run()
 
 
 class TextDecoder:
@@ -307,10 +315,6 @@ def sampler_name(sampler: str | None, temperature: float | None, top_k: int | No
 
 def build_sampler(sampler: str | None = None, *, temperature: float | None = None, top_k: int | None = None, top_p: float | None = None):
     """A registered sampler built with the parameters given (a parameter it does not take is an error)."""
-    from gptkit.config import Component
-    from gptkit.interfaces import Context
-    from gptkit.registry import registry
-
     params = {k: v for k, v in dict(temperature=temperature, top_k=top_k, top_p=top_p).items() if v is not None}
     return registry.sampler.build(Component(sampler_name(sampler, temperature, top_k, top_p), params), Context())
 
@@ -326,10 +330,10 @@ def encode_prompt(tokenizer, prompt: str) -> list[int]:
     return ids
 
 
-def generate(
+def text_generation(
     model,
     tokenizer,
-    prompt: str | Sequence[str],
+    prompts: Sequence[str],
     *,
     max_new_tokens: int = 50,
     sampler: str | Callable | None = None,
@@ -338,38 +342,45 @@ def generate(
     top_p: float | None = None,
     seed: int | None = None,
     ignore_eos: bool = False,
-    stream: bool = False,
-    use_cache: bool | None = None,
-):
-    """The completion of `prompt` (text after it), or a list of completions for a list of prompts
-    (generated as one batch). `sampler` is a registered name or a callable (logits [B, V], generator)
-    -> ids [B]; unnamed it is greedy, or top-k / top-p when those are given. With `stream=True`
-    (one prompt), an iterator of text pieces as the tokens come."""
+    **options,
+) -> Generation:
+    """The one place a generation after text prompts is assembled (the API, the CLI, recipes and the
+    training samples all come here): the sampler by name or callable (unnamed: greedy, or top-k /
+    top-p when those are given), the prompts encoded, end-of-text unless `ignore_eos`, a generator
+    seeded with `seed` on the model's device. `options` as `Generation` (use_cache, pack_weights, compile)."""
+    check_vocab(model.config, tokenizer, "generate")
     if not callable(sampler):
         sampler = build_sampler(sampler, temperature=temperature, top_k=top_k, top_p=top_p)
     device = next(model.parameters()).device
-    texts = [prompt] if isinstance(prompt, str) else list(prompt)
-    prompts = [encode_prompt(tokenizer, text) for text in texts]
-    kwargs = dict(
+    return Generation(
+        model,
+        [encode_prompt(tokenizer, text) for text in prompts],
         max_new_tokens=max_new_tokens,
         sampler=sampler,
         eos_id=None if ignore_eos else tokenizer.eos_id,
         generator=make_generator(seed, device),
-        use_cache=use_cache,
+        **options,
     )
+
+
+def generate(model, tokenizer, prompt: str | Sequence[str], *, stream: bool = False, **kwargs):
+    """The completion of `prompt` (text after it), or a list of completions for a list of prompts
+    (generated as one batch); kwargs as `text_generation`. With `stream=True` (one prompt), an
+    iterator of text pieces as the tokens come."""
+    texts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if stream and len(texts) != 1:
+        raise GptkitError("streaming takes one prompt")
+    generation = text_generation(model, tokenizer, texts, **kwargs)
     if stream:
-        if len(prompts) != 1:
-            raise GptkitError("streaming takes one prompt")
-        return stream_text(model, tokenizer, prompts[0], **kwargs)
-    completions = generate_ids(model, prompts, **kwargs)
-    out = [tokenizer.decode(c.new_ids) for c in completions]
+        return stream_text(generation, tokenizer)
+    out = [tokenizer.decode(c.new_ids) for c in generation.run()]
     return out[0] if isinstance(prompt, str) else out
 
 
-def stream_text(model, tokenizer, prompt_ids: Sequence[int], **kwargs) -> Iterator[str]:
-    """Text pieces of one prompt's completion as its tokens come (kwargs as `Generation`)."""
+def stream_text(generation: Generation, tokenizer) -> Iterator[str]:
+    """Text pieces of a one-prompt generation's completion as its tokens come."""
     decoder = TextDecoder(tokenizer)
-    for (token,) in Generation(model, [prompt_ids], **kwargs):
+    for (token,) in generation:
         if token is not None and (piece := decoder.add(token)):
             yield piece
     if tail := decoder.flush():

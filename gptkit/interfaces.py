@@ -27,12 +27,17 @@ class Example:
     prompt_length: int = 0
 
 
+IGNORE_INDEX = -100  # the default target value that takes no loss (PyTorch's cross_entropy default)
+
+
 @attrs.define
 class Batch:
-    """A collated batch: inputs and targets [B, T]; targets hold the ignore index where no loss is taken."""
+    """A collated batch: inputs and targets [B, T] (long); targets hold `ignore_index` where no loss is
+    taken. The collator that made the batch says which value that is, and the loss uses it."""
 
     inputs: "torch.Tensor"
     targets: "torch.Tensor"
+    ignore_index: int = IGNORE_INDEX
 
 
 @attrs.define
@@ -97,7 +102,9 @@ class Dataset(Protocol):
 
 @runtime_checkable
 class Collator(Protocol):
-    def __call__(self, examples: list[Example]) -> tuple["torch.Tensor", "torch.Tensor"]: ...
+    """list[Example] -> Batch (inputs and targets [B, T], with the ignore index the targets use)."""
+
+    def __call__(self, examples: list[Example]) -> Batch: ...
 
 
 @attrs.define

@@ -23,25 +23,10 @@ import attrs
 import torch
 from torch import nn
 
-from gptkit.config import Component, ModelSection
+from gptkit.config import Component, to_raw
 from gptkit.errors import GptkitError
-from gptkit.registry import registry
-
-PRESETS: dict[str, dict[str, int]] = {
-    "gpt2-124M": dict(vocab_size=50257, context_length=1024, emb_dim=768, n_heads=12, n_layers=12),
-    "gpt2-355M": dict(vocab_size=50257, context_length=1024, emb_dim=1024, n_heads=16, n_layers=24),
-    "gpt2-774M": dict(vocab_size=50257, context_length=1024, emb_dim=1280, n_heads=20, n_layers=36),
-    "gpt2-1558M": dict(vocab_size=50257, context_length=1024, emb_dim=1600, n_heads=25, n_layers=48),
-}
-ALIASES = {"gpt2": "gpt2-124M", "gpt2-medium": "gpt2-355M", "gpt2-large": "gpt2-774M", "gpt2-xl": "gpt2-1558M"}
-SIZE_KEYS = ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers")
-
-
-def resolve_preset(name: str) -> str | None:
-    """The canonical preset name for a preset or alias, or None."""
-    name = ALIASES.get(name, name)
-    return name if name in PRESETS else None
-
+from gptkit.plugins import registry
+from gptkit.presets import ALIASES, PRESETS, resolve_preset
 
 @attrs.frozen
 class GPTConfig:
@@ -71,40 +56,7 @@ class GPTConfig:
             raise GptkitError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)} (aliases: {', '.join(ALIASES)})")
         return cls(**{**PRESETS[canonical], **overrides})
 
-    @classmethod
-    def from_section(cls, section: ModelSection, base: "GPTConfig | None" = None) -> "GPTConfig":
-        """The model of a `[model]` section; `base` (from a checkpoint) fixes sizes explicit keys must agree with."""
-        sizes = dict(PRESETS[resolve_preset(section.preset)]) if section.preset else {}
-        explicit = {k: getattr(section, k) for k in SIZE_KEYS if getattr(section, k) is not None}
-        if base is not None:
-            checkpoint_sizes = {k: getattr(base, k) for k in SIZE_KEYS}
-            clashes = [
-                f"model.{k} = {v} but the checkpoint has {checkpoint_sizes[k]}"
-                for k, v in {**sizes, **explicit}.items()
-                if v != checkpoint_sizes[k]
-            ]
-            for key in ("qkv_bias", "tie_weights"):
-                value = getattr(section, key)
-                if value is not None and value != getattr(base, key):
-                    clashes.append(f"model.{key} = {str(value).lower()} but the checkpoint has {str(getattr(base, key)).lower()}")
-            if clashes:
-                raise GptkitError("; ".join(clashes))
-            sizes = checkpoint_sizes
-        sizes.update(explicit)
-        return cls(
-            **sizes,
-            drop_rate=section.drop_rate,
-            qkv_bias=section.qkv_bias if section.qkv_bias is not None else (base.qkv_bias if base else False),
-            tie_weights=section.tie_weights if section.tie_weights is not None else (base.tie_weights if base else True),
-            init=section.init,
-            attention=section.attention,
-            norm=section.norm,
-            feedforward=section.feedforward,
-        )
-
     def to_dict(self) -> dict[str, Any]:
-        from gptkit.config import to_raw
-
         return to_raw(self)
 
     @classmethod

@@ -1,13 +1,16 @@
-"""The plugin manager: finds plugins by entry point (group "gptkit") and lets them register components.
+"""The plugin manager: finds plugins by entry point (group "gptkit"), lets them register components,
+and owns the process-wide registries that they fill (`gptkit.registry`).
 
 Built-in components (package gptkit_plugins) come through the same entry-point group as any
 third-party package. Environment:
 
 - `GPTKIT_PLUGINS`: comma list of third-party entry-point names to load; unset loads all, empty
-  loads none beyond the built-ins.
+  loads none beyond the built-ins. A name that matches no installed entry point is a warning.
 - `GPTKIT_DISABLE_PLUGINS`: comma list of entry-point names never to load (built-ins included).
 
 A plugin that fails to import or register is reported as a warning naming it; the rest still work.
+Registration is all or nothing per plugin: a plugin whose names clash with another's, or a
+third-party plugin registering a name without a prefix and a dot (`acme.linear`), registers nothing.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ import attrs
 import pluggy
 
 from gptkit import hookspecs
-from gptkit.registry import registering_as, registry
+from gptkit.errors import RegistryError
+from gptkit.registry import Registries, registering_as
 
 BUILTIN_DISTRIBUTION = "gptkit"
 
@@ -35,7 +39,11 @@ class PluginInfo:
     error: str | None = None
 
 
-class PluginWarning(UserWarning):
+class GptkitWarning(UserWarning):
+    """Something the user should know that does not stop gptkit; the CLI prints it as `warning: ...`."""
+
+
+class PluginWarning(GptkitWarning):
     """A plugin could not be loaded; gptkit goes on without it."""
 
 
@@ -45,33 +53,30 @@ _loaded: dict[str, PluginInfo] = {}
 _state = {"loaded": False}
 
 
-def _names_from_env(var: str) -> set[str] | None:
-    value = os.environ.get(var)
-    if value is None:
-        return None
-    return {n.strip() for n in value.split(",") if n.strip()}
-
-
-def _wanted(name: str, builtin: bool) -> bool:
-    disabled = _names_from_env("GPTKIT_DISABLE_PLUGINS") or set()
-    if name in disabled:
-        return False
-    allowed = _names_from_env("GPTKIT_PLUGINS")
-    return builtin or allowed is None or name in allowed
-
-
 def load() -> None:
     """Load every wanted entry-point plugin once and let it register its components."""
     if _state["loaded"]:
         return
     _state["loaded"] = True
-    for ep in sorted(importlib.metadata.entry_points(group=hookspecs.PROJECT), key=lambda e: e.name):
+    entry_points = sorted(importlib.metadata.entry_points(group=hookspecs.PROJECT), key=lambda e: e.name)
+    disabled = _names_from_env("GPTKIT_DISABLE_PLUGINS") or set()
+    allowed = _names_from_env("GPTKIT_PLUGINS")
+    if allowed:
+        installed = {ep.name for ep in entry_points}
+        for name in sorted(allowed - installed):
+            warnings.warn(
+                f"GPTKIT_PLUGINS names {name!r}, which no installed package provides "
+                f"(installed plugins: {', '.join(sorted(installed))})",
+                PluginWarning,
+                stacklevel=2,
+            )
+    for ep in entry_points:
         dist = ep.dist.name if ep.dist else "?"
-        version = ep.dist.version if ep.dist else "?"
         builtin = dist == BUILTIN_DISTRIBUTION
-        if ep.name in _loaded or not _wanted(ep.name, builtin):
+        wanted = ep.name not in disabled and (builtin or allowed is None or ep.name in allowed)
+        if ep.name in _loaded or not wanted:
             continue
-        info = PluginInfo(ep.name, dist, version, builtin)
+        info = PluginInfo(ep.name, dist, ep.dist.version if ep.dist else "?", builtin)
         _loaded[ep.name] = info
         try:
             module = ep.load()
@@ -79,6 +84,13 @@ def load() -> None:
             _fail(info, f"failed to import {ep.value}: {type(exc).__name__}: {exc}")
             continue
         register(module, ep.name, info)
+
+
+def _names_from_env(var: str) -> set[str] | None:
+    value = os.environ.get(var)
+    if value is None:
+        return None
+    return {n.strip() for n in value.split(",") if n.strip()}
 
 
 def register(plugin: object, name: str, info: PluginInfo | None = None) -> None:
@@ -94,11 +106,23 @@ def register(plugin: object, name: str, info: PluginInfo | None = None) -> None:
     if impl is None:
         return
     origin = f"{info.distribution} {info.version}".strip() + f" [{name}]"
+    staged = Registries()
     try:
         with registering_as(origin):
-            impl(registry=registry)
+            impl(registry=staged)
+        if not info.builtin:
+            _check_prefixed(staged)
+        registry.merge(staged)
     except Exception as exc:
+        manager.unregister(plugin)
         _fail(info, f"register_components failed: {type(exc).__name__}: {exc}")
+
+
+def _check_prefixed(staged: Registries) -> None:
+    """Third-party names carry a prefix and a dot, so they never take a built-in's short name."""
+    bare = [f"{e.kind} {e.name!r}" for e in staged.entries() if "." not in e.name.strip(".")]
+    if bare:
+        raise RegistryError(f"third-party names need a prefix and a dot, as in 'acme.name': {', '.join(bare)}")
 
 
 def unregister(name: str) -> None:
@@ -121,3 +145,7 @@ def hook():
     """The hook relay: `hook().on_step_end(run=..., step=..., metrics=...)`."""
     load()
     return manager.hook
+
+
+registry = Registries(ensure_loaded=load)
+"""The process-wide registries (also `gptkit.registry`), filled by the plugins on first lookup."""

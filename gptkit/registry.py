@@ -2,8 +2,8 @@
 
 A registry maps a short name ("causal", "top-k", "acme.linear") to an `Entry`: the factory that
 builds the component, the attrs class of its parameters (or None), a one-line doc and the origin
-(the plugin that registered it). Lookups load the plugins on first use, so `gptkit.registry` is
-always complete when read.
+(the plugin that registered it). This module holds the classes only; the process-wide registries
+(`gptkit.registry`) belong to the plugin manager (gptkit.plugins), which fills them on first lookup.
 """
 
 from __future__ import annotations
@@ -93,6 +93,14 @@ class Registry:
         self._entries[name] = Entry(self.kind, name, factory, params, first_doc_line[0] if first_doc_line else "", origin)
         return factory
 
+    def clashes(self, other: "Registry") -> list[str]:
+        """Messages for each name of `other` already registered here, naming both origins."""
+        return [
+            f"{self.kind} {name!r} is registered twice: by {self._entries[name].origin} and by {entry.origin}"
+            for name, entry in other._entries.items()
+            if name in self._entries
+        ]
+
     def unregister(self, name: str) -> None:
         self._entries.pop(name, None)
 
@@ -149,12 +157,15 @@ class Registries:
     def __iter__(self) -> Iterator[Registry]:
         return (getattr(self, kind) for kind in KINDS)
 
+    def merge(self, staged: "Registries") -> None:
+        """Add everything `staged` holds, or nothing: any name already taken is an error naming
+        every clash, so a plugin never half-registers."""
+        clashes = [message for kind in KINDS for message in self[kind].clashes(staged[kind])]
+        if clashes:
+            raise RegistryError("; ".join(clashes))
+        for kind in KINDS:
+            self[kind]._entries.update(staged[kind]._entries)
 
-def _load_plugins() -> None:
-    from gptkit import plugins
-
-    plugins.load()
-
-
-registry = Registries(_load_plugins)
-"""The process-wide registries (also `gptkit.registry`)."""
+    def entries(self) -> list[Entry]:
+        """Every entry of every kind."""
+        return [entry for reg in self for entry in reg._entries.values()]

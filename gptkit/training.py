@@ -1,7 +1,8 @@
 """The training engine, shared by every recipe that trains (pretrain, instruct, ...).
 
-A recipe makes a `Trainer(config)` (device, seed, run folder, tokenizer, model), builds its own
-examples and collator with the trainer's context, and calls `trainer.fit(train_set, val_set, collator)`.
+A recipe sets the run up (`gptkit.runs.setup_run`: device, seed, run folder, tokenizer, model), builds
+its own examples and collator with the run's context, and calls
+`Trainer(run).fit(train_set, val_set, collator)`.
 The engine owns the rest: the `[train] finetune` strategy, AdamW with weight-decay groups, the LR
 schedule, gradient accumulation and clipping, mixed precision, evaluation, samples, metrics.jsonl,
 loss.png, checkpoints, exact resume, Ctrl-C, and the training-event hooks.
@@ -9,7 +10,7 @@ loss.png, checkpoints, exact resume, Ctrl-C, and the training-event hooks.
 Semantics follow the original scripts (llms-from-scratch ch05 `train_model_simple`): one optimizer
 step per `batch_size` examples, incomplete last batches dropped; evaluation after the first step and
 every `eval_every` steps after it, as eval-mode means over `eval_batches` batches of each split; a
-sample at each epoch end; `tokens_seen` counts input tokens. Resume is exact: the data order of an
+sample at each epoch end (and at the last step); `tokens_seen` counts input tokens. Resume is exact: the data order of an
 epoch is a function of (seed, epoch), and the checkpoint holds the RNG and optimizer states.
 """
 
@@ -18,46 +19,30 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
-import shlex
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from gptkit import checkpoint, plugins
-from gptkit.config import Config
 from gptkit.errors import GptkitError
-from gptkit.generation import generate_ids
-from gptkit.interfaces import Example
-from gptkit.registry import registry
-from gptkit.runs import atomic_write_text, build_context, build_model, out_dir_of, resolve_device, seed_everything, write_run_config
+from gptkit.evaluation import lm_loss
+from gptkit.files import atomic_write_text
+from gptkit.generation import generate
+from gptkit.interfaces import Batch, Example
+from gptkit.plotting import plot_losses
+from gptkit.plugins import registry
+from gptkit.runs import Run
+from gptkit.weights import load_state
 
-IGNORE_INDEX = -100
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 # --- building blocks ----------------------------------------------------------------------------
-
-
-def split_dataset(dataset: Any, fractions: Sequence[float]) -> list[Sequence[Example]]:
-    """Train/val(/test) parts by ratio: the dataset's own `split(fractions)` when it has one (text
-    cuts its token stream), else contiguous runs of its examples in order."""
-    if hasattr(dataset, "split"):
-        return list(dataset.split(fractions))
-    examples = list(dataset)
-    parts, begin, total = [], 0, 0.0
-    for i, fraction in enumerate(fractions):
-        total += fraction
-        end = len(examples) if i == len(fractions) - 1 else int(round(total * len(examples)))
-        parts.append(examples[begin:end])
-        begin = end
-    return parts
 
 
 def build_optimizer(model: torch.nn.Module, *, lr: float, weight_decay: float, betas, device: torch.device) -> torch.optim.AdamW:
@@ -81,91 +66,9 @@ def lr_at(step: int, *, lr: float, schedule: str, warmup_steps: int, total_steps
     return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))
 
 
-def cpu_has_bf16() -> bool:
-    """Whether this CPU computes in bf16 natively (AVX512-BF16 or AMX), where bf16 autocast is
-    about 1.6x faster than fp32 for GPT-2 training; elsewhere it is emulated and slower."""
-    cpu = torch.cpu
-    return any(getattr(cpu, check, lambda: False)() for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """None for fp32. `auto` is bf16 mixed precision (fp32 weights and optimizer) where the
-    hardware computes bf16 natively: CUDA GPUs that support it, CPUs with AVX512-BF16 or AMX; else fp32."""
-    if precision == "auto":
-        native = torch.cuda.is_bf16_supported() if device.type == "cuda" else device.type == "cpu" and cpu_has_bf16()
-        precision = "bf16" if native else "fp32"
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over the targets not equal to IGNORE_INDEX."""
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
-
-
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     """The example order of one epoch: a permutation that depends only on (seed, epoch)."""
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).tolist()
-
-
-@torch.inference_mode()
-def text_loss(model: torch.nn.Module, ids: Sequence[int], *, stride: int | None = None) -> dict[str, float]:
-    """Mean cross-entropy per predicted token of `ids` (no token prepended) and its perplexity.
-
-    Texts longer than the context are scored in windows of `context_length` inputs starting every
-    `stride` tokens (default: the context); each token is scored once, in the first window that
-    predicts it after the previous window's end, so overlapping windows give it more context.
-    """
-    context = model.config.context_length
-    stride = stride or context
-    if not 1 <= stride <= context:
-        raise GptkitError(f"--stride must be between 1 and the context length {context}, got {stride}")
-    if len(ids) < 2:
-        raise GptkitError(f"the text has {len(ids)} token{'s' * (len(ids) != 1)}; at least 2 are needed to predict one")
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    tokens = torch.as_tensor(list(ids), dtype=torch.long, device=device)
-    total, scored, begin = 0.0, 0, 0
-    while scored < len(ids) - 1:
-        end = min(begin + context, len(ids) - 1)  # inputs ids[begin:end] predict ids[begin+1:end+1]
-        targets = tokens[begin + 1 : end + 1].clone()
-        targets[: max(0, scored - begin)] = IGNORE_INDEX  # already scored by an earlier window
-        logits = model(tokens[begin:end].unsqueeze(0))
-        n = int((targets != IGNORE_INDEX).sum())
-        total += float(lm_loss(logits, targets.unsqueeze(0))) * n
-        scored, begin = end, begin + stride
-    model.train(was_training)
-    loss = total / scored
-    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": scored}
-
-
-def plot_losses(rows: list[dict[str, Any]], path: Path) -> None:
-    """Train and val loss against epochs (bottom axis) and tokens seen (top axis), as the original scripts plot."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    evals = [r for r in rows if "val_loss" in r]
-    if not evals:
-        return
-    epochs = [r["epoch"] for r in evals]
-    train, val = [r["train_loss"] for r in evals], [r["val_loss"] for r in evals]
-    fig = Figure(figsize=(5, 3))
-    FigureCanvasAgg(fig)
-    ax1 = fig.add_subplot()
-    ax1.plot(epochs, train, label="Training loss")
-    ax1.plot(epochs, val, linestyle="-.", label="Validation loss")
-    ax1.set_xlabel("Epochs")
-    ax1.set_ylabel("Loss")
-    ax1.legend(loc="upper right")
-    ax1.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax2 = ax1.twiny()
-    ax2.plot([r["tokens_seen"] for r in evals], train, alpha=0)  # invisible: aligns the top axis
-    ax2.set_xlabel("Tokens seen")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=150)
-    os.replace(tmp, path)
 
 
 class MetricsLog:
@@ -212,46 +115,49 @@ class StopRequest:
             signal.signal(signal.SIGINT, self.previous)
 
 
-def resume_command(checkpoint_path: Path) -> str:
-    """The command line that resumes this run (this process's `gptkit run ...` plus run.resume)."""
-    args = [a for a in sys.argv[1:] if not a.startswith("run.resume=")]
-    if args[:1] == ["run"]:
-        return shlex.join(["gptkit", *args, f"run.resume={checkpoint_path}"])
-    return f"gptkit run EXPERIMENT.toml run.resume={shlex.quote(str(checkpoint_path))}"
-
-
 # --- the engine ---------------------------------------------------------------------------------
 
 
 class Trainer:
-    """One training run. Hooks receive it as `run`: `config`, `out_dir`, `model`, `ctx`, `step`."""
+    """One training run of `run` (a gptkit.runs.Run, what the hooks receive as `run`)."""
 
-    def __init__(self, config: Config):
-        self.config = config
-        self.device = resolve_device(config.run.device)
-        self.out_dir = out_dir_of(config)
-        self.resume_from = checkpoint.resume_path(config.run.resume, self.out_dir)
-        if config.run.resume == "none" and checkpoint.step_checkpoints(self.out_dir):
+    def __init__(self, run: Run):
+        self.run = run
+        self.config = run.config
+        self.device = run.device
+        self.out_dir = run.out_dir
+        self.resume_from = checkpoint.resume_path(run.config.run.resume, run.out_dir)
+        if run.config.run.resume == "none" and checkpoint.step_checkpoints(run.out_dir):
             raise GptkitError(
-                f"{self.out_dir} holds checkpoints of an earlier run; continue it with run.resume=auto, "
+                f"{run.out_dir} holds checkpoints of an earlier run; continue it with run.resume=auto, "
                 "or start anew in another run.out_dir (or delete that folder)"
             )
-        seed_everything(config.run.seed)
-        self.ctx = build_context(config, self.device, self.out_dir)
-        self.model = build_model(config, self.ctx)
-        self.tokenizer = self.ctx.tokenizer
-        write_run_config(config, self.out_dir, self.device)
-        self.step = 0
         self.tokens_seen = 0
         self.best_val_loss = math.inf
         self.evals_since_best = 0
         self.best_weights: dict[str, torch.Tensor] | None = None  # not yet written to checkpoints/best
 
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.run.model
+
+    @property
+    def step(self) -> int:
+        return self.run.step
+
     # -- pieces of a step --
 
-    def batch(self, examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor]:
-        inputs, targets = self.collator(examples)
-        return inputs.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
+    def batch(self, examples: list[Example]) -> Batch:
+        """The collated batch on the device. A collator may also return a plain (inputs, targets)
+        pair, whose ignore index is the default -100."""
+        batch = self.collator(examples)
+        if not isinstance(batch, Batch):
+            batch = Batch(*batch)
+        return Batch(batch.inputs.to(self.device, non_blocking=True), batch.targets.to(self.device, non_blocking=True), batch.ignore_index)
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        with self.autocast():
+            return lm_loss(self.forward(batch.inputs), batch.targets, batch.ignore_index)
 
     def train_step(self, examples: list[Example]) -> tuple[float, int]:
         """One optimizer step over `examples` in `grad_accum` micro-batches; (mean loss, input tokens)."""
@@ -262,12 +168,11 @@ class Trainer:
         micro = math.ceil(len(examples) / t.grad_accum)
         loss_sum, tokens = 0.0, 0
         for i in range(0, len(examples), micro):
-            inputs, targets = self.batch(examples[i : i + micro])
-            with self.autocast():
-                loss = lm_loss(self.forward(inputs), targets) / t.grad_accum
+            batch = self.batch(examples[i : i + micro])
+            loss = self.loss(batch) / t.grad_accum
             self.scaler.scale(loss).backward()
             loss_sum += loss.item()
-            tokens += inputs.numel()
+            tokens += batch.inputs.numel()
         if not math.isfinite(loss_sum):
             self.optimizer.zero_grad(set_to_none=True)
             last = checkpoint.step_checkpoints(self.out_dir)
@@ -289,11 +194,7 @@ class Trainer:
         bs = self.config.train.batch_size // self.config.train.grad_accum
         starts = range(0, len(order), bs)[: self.config.train.eval_batches]
         self.forward.eval()
-        losses = []
-        for s in starts:
-            inputs, targets = self.batch([examples[i] for i in order[s : s + bs]])
-            with self.autocast():
-                losses.append(lm_loss(self.forward(inputs), targets).item())
+        losses = [self.loss(self.batch([examples[i] for i in order[s : s + bs]])).item() for s in starts]
         self.forward.train()
         return sum(losses) / len(losses) if losses else math.nan
 
@@ -306,16 +207,16 @@ class Trainer:
     def sample(self) -> str:
         """A sample from `[generate] prompt` with `[generate] sampler`, seeded by step (the training RNG is untouched)."""
         g = self.config.generate
-        generator = torch.Generator(device=self.device).manual_seed(self.config.run.seed + self.step)
-        (completion,) = generate_ids(
+        completion = generate(
             self.model,
-            [self.tokenizer.encode(g.prompt)],
+            self.run.tokenizer,
+            g.prompt,
             max_new_tokens=g.max_new_tokens,
             sampler=self.sampler,
-            eos_id=None if g.ignore_eos else self.tokenizer.eos_id,
-            generator=generator,
+            seed=self.config.run.seed + self.step,
+            ignore_eos=g.ignore_eos,
         )
-        return g.prompt + self.tokenizer.decode(completion.new_ids)
+        return g.prompt + completion
 
     # -- checkpoints --
 
@@ -337,30 +238,28 @@ class Trainer:
         try:
             self.write_best()
             path = checkpoint.save_checkpoint(
-                self.out_dir, self.step, self.model, self.tokenizer, self.state(), self.config.train.keep_checkpoints
+                self.out_dir, self.step, self.model, self.run.tokenizer, self.state(), self.config.train.keep_checkpoints
             )
         except OSError as exc:
             kept = f"the previous checkpoint {previous[-1]} is intact" if previous else "no earlier checkpoint exists"
             raise GptkitError(f"could not save the checkpoint of step {self.step}: {exc.strerror or exc}; {kept}") from None
-        plugins.hook().on_checkpoint(run=self, step=self.step, path=path)
+        plugins.hook().on_checkpoint(run=self.run, step=self.step, path=path)
         return path
 
     def load_checkpoint(self, path: Path) -> None:
-        from gptkit.sources import load_state
-
         state = checkpoint.load_training_state(path)
         if state["steps_per_epoch"] != self.steps_per_epoch:
             raise GptkitError(
                 f"run.resume: {path} was trained with {state['steps_per_epoch']} steps per epoch, this config gives "
                 f"{self.steps_per_epoch}; the data or train.batch_size changed, so the run cannot resume exactly"
             )
-        load_state(self.model, checkpoint.load_model_files(path, self.ctx).state_dict, path)
+        load_state(self.model, checkpoint.load_model_files(path, self.run.ctx).state_dict, path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"]["torch"])
         if state["rng"]["cuda"]:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        self.step, self.tokens_seen = state["step"], state["tokens_seen"]
+        self.run.step, self.tokens_seen = state["step"], state["tokens_seen"]
         self.best_val_loss, self.evals_since_best = state["best_val_loss"], state["evals_since_best"]
 
     def note_eval(self, val_loss: float) -> None:
@@ -377,7 +276,7 @@ class Trainer:
     def write_best(self) -> None:
         if self.best_weights is not None:
             best = self.out_dir / checkpoint.CHECKPOINTS / checkpoint.BEST
-            checkpoint.save_model(best, self.model, self.tokenizer, weights=self.best_weights)
+            checkpoint.save_model(best, self.model, self.run.tokenizer, weights=self.best_weights)
             self.best_weights = None
 
     # -- the loop --
@@ -386,11 +285,11 @@ class Trainer:
         self,
         train_set: Sequence[Example],
         val_set: Sequence[Example],
-        collator: Callable[[list[Example]], tuple[torch.Tensor, torch.Tensor]],
+        collator: Callable[[list[Example]], Batch],
         sample: Callable[[], str] | None = None,
     ) -> dict[str, Any]:
         """Train on `train_set`, evaluate on `val_set`; returns the last metrics row."""
-        config, t = self.config, self.config.train
+        run, config, t = self.run, self.config, self.config.train
         self.train_set, self.val_set, self.collator = train_set, val_set, collator
         self.steps_per_epoch = len(train_set) // t.batch_size
         if self.steps_per_epoch == 0:
@@ -398,27 +297,28 @@ class Trainer:
         total_steps = t.epochs * self.steps_per_epoch
         total_steps = min(total_steps, t.max_steps) if t.max_steps else total_steps
         self.train_eval_order = epoch_order(len(train_set), config.run.seed, -1)
-        self.model = registry.finetune.build(t.finetune, self.ctx)(self.model)
-        self.optimizer = build_optimizer(self.model, lr=t.lr, weight_decay=t.weight_decay, betas=t.betas, device=self.device)
-        dtype = autocast_dtype(t.precision, self.device)
+        run.model = registry.finetune.build(t.finetune, run.ctx)(run.model)
+        self.optimizer = build_optimizer(run.model, lr=t.lr, weight_decay=t.weight_decay, betas=t.betas, device=self.device)
+        dtype = AUTOCAST_DTYPES[run.precision]
         self.autocast = lambda: torch.autocast(self.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=dtype == torch.float16)
-        self.forward = torch.compile(self.model) if t.compile else self.model
-        self.sampler = registry.sampler.build(config.generate.sampler, self.ctx)
+        self.forward = torch.compile(run.model) if t.compile else run.model
+        self.sampler = registry.sampler.build(config.generate.sampler, run.ctx)
         sample = sample or self.sample
         if self.resume_from is not None:
             self.load_checkpoint(self.resume_from)
             tqdm.write(f"resumed from {self.resume_from} (step {self.step})")
+        trackers = [registry.tracker.build(spec, run.ctx) for spec in config.track.trackers]
+        run.write_config()
         metrics = MetricsLog(self.out_dir / "metrics.jsonl", self.step if self.resume_from else None)
         samples_path = self.out_dir / "samples.txt"
         if not self.resume_from:
             samples_path.unlink(missing_ok=True)
-        trackers = [registry.tracker.build(spec, self.ctx) for spec in config.track.trackers]
         for tracker in trackers:
             plugins.manager.register(tracker)
         row: dict[str, Any] = metrics.rows[-1] if metrics.rows else {}
         try:
-            plugins.hook().on_train_start(run=self)
+            plugins.hook().on_train_start(run=run)
             with StopRequest() as stop, tqdm(total=total_steps, initial=self.step, desc=config.run.name, unit="step") as bar:
                 order: list[int] = []
                 while self.step < total_steps:
@@ -430,7 +330,7 @@ class Trainer:
                     ids = order[position * t.batch_size : (position + 1) * t.batch_size]
                     loss, tokens = self.train_step([train_set[i] for i in ids])
                     seconds = time.perf_counter() - started
-                    self.step += 1
+                    run.step += 1
                     self.tokens_seen += tokens
                     row = {
                         "step": self.step,
@@ -449,11 +349,11 @@ class Trainer:
                     metrics.write(row)
                     bar.update()
                     bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{row['tokens_per_s']:.0f}")
-                    plugins.hook().on_step_end(run=self, step=self.step, metrics=row)
+                    plugins.hook().on_step_end(run=run, step=self.step, metrics=row)
                     if evaluating:
-                        plugins.hook().on_eval(run=self, step=self.step, metrics=row)
+                        plugins.hook().on_eval(run=run, step=self.step, metrics=row)
                         self.note_eval(row["val_loss"])
-                    if self.step % self.steps_per_epoch == 0:
+                    if self.step % self.steps_per_epoch == 0 or self.step == total_steps:
                         text = sample()
                         tqdm.write(text.replace("\n", " "))
                         with open(samples_path, "a", encoding="utf-8") as f:
@@ -464,12 +364,12 @@ class Trainer:
                     if stop.requested or patience_over or self.step == total_steps or (t.checkpoint_every and self.step % t.checkpoint_every == 0):
                         path = self.save_checkpoint()
                     if stop.requested:
-                        print(f"interrupted at step {self.step}; checkpoint saved to {path}\nresume with: {resume_command(path)}")
+                        tqdm.write(f"interrupted at step {self.step}; checkpoint saved to {path}\nresume with: {run.resume_command(path)}")
                         break
                     if patience_over:
                         break
             plot_losses(metrics.rows, self.out_dir / "loss.png")
-            plugins.hook().on_train_end(run=self, metrics=row)
+            plugins.hook().on_train_end(run=run, metrics=row)
         finally:
             metrics.close()
             for tracker in trackers:

@@ -1,4 +1,4 @@
-"""Collators: a list of Examples -> (inputs, targets) LongTensors [B, T], targets -100 where no loss is taken."""
+"""Collators: a list of Examples -> Batch (inputs, targets [B, T]; targets hold ignore_index where no loss is taken)."""
 
 from __future__ import annotations
 
@@ -6,25 +6,25 @@ import attrs
 import torch
 
 from gptkit import hookimpl
-from gptkit.interfaces import Example
+from gptkit.interfaces import IGNORE_INDEX, Batch, Example
 
 
 @attrs.define
 class LMParams:
     pad_id: int | None = None  # None: the tokenizer's end-of-text id
-    ignore_index: int = -100
+    ignore_index: int = IGNORE_INDEX
     allowed_max_length: int | None = attrs.field(default=None, validator=attrs.validators.optional(attrs.validators.ge(2)))
 
 
 class LanguageModelCollator:
     """Next-token targets over every position: inputs are ids[:-1], targets ids[1:]; padding is ignored."""
 
-    def __init__(self, pad_id: int, ignore_index: int = -100, allowed_max_length: int | None = None):
+    def __init__(self, pad_id: int, ignore_index: int = IGNORE_INDEX, allowed_max_length: int | None = None):
         self.pad_id = pad_id
         self.ignore_index = ignore_index
         self.allowed_max_length = allowed_max_length
 
-    def __call__(self, examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, examples: list[Example]) -> Batch:
         seqs = [ex.input_ids[: self.allowed_max_length] if self.allowed_max_length else ex.input_ids for ex in examples]
         width = max(len(s) for s in seqs) - 1
         inputs = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
@@ -33,7 +33,7 @@ class LanguageModelCollator:
             ids = torch.tensor(seq, dtype=torch.long)
             inputs[row, : len(seq) - 1] = ids[:-1]
             targets[row, : len(seq) - 1] = ids[1:]
-        return inputs, targets
+        return Batch(inputs, targets, self.ignore_index)
 
 
 def _pad_id(ctx, pad_id: int | None) -> int:

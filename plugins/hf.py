@@ -22,14 +22,15 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from gptkit import hookimpl
-from gptkit.checkpoint import fsync_file, replace_dir
-from gptkit.config import Component
+from gptkit.files import fsync_file, replace_dir
+from gptkit.config import Component, path_field
 from gptkit.errors import GptkitError
 from gptkit.interfaces import Context, LoadedModel
-from gptkit.model import GPTConfig, resolve_preset
-from gptkit.registry import registry
-from gptkit.sources import check_tensors
-from gptkit_plugins.pretrained import gpt2_name_map, read_gpt2_json
+from gptkit.model import GPT, GPTConfig
+from gptkit.presets import resolve_preset
+from gptkit.plugins import registry
+from gptkit.weights import check_tensors
+from gptkit.gpt2_files import data_gym_byte_decoder, gpt2_name_map, read_gpt2_json
 
 HUB_IDS = {
     "gpt2-124M": "openai-community/gpt2",
@@ -52,8 +53,6 @@ def name_map(n_layer: int) -> list[tuple[str, str, bool]]:
 
 def gptkit_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
     """gptkit's parameter shapes for `config` (from a model on the meta device: no memory used)."""
-    from gptkit.model import GPT
-
     with torch.device("meta"):
         model = GPT(config)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -183,9 +182,8 @@ def write_vocab_files(tokenizer, directory: Path) -> bool:
     encoding = getattr(tokenizer, "encoding", None)
     if encoding is None or not hasattr(encoding, "_mergeable_ranks"):
         return False
-    from gptkit_plugins.tokenizers import _data_gym_byte_decoder
 
-    char_of = {b: c for c, b in _data_gym_byte_decoder().items()}
+    char_of = {b: c for c, b in data_gym_byte_decoder().items()}
 
     def text(token: bytes) -> str:
         return "".join(char_of[b] for b in token)
@@ -267,8 +265,8 @@ def save_folder(loaded: LoadedModel, directory: Path) -> Path:
 
 @attrs.define
 class HFParams:
-    model: str = "openai-community/gpt2"  # a hub id or a local folder
-    dir: str | None = None  # download folder (a subfolder per model); default Hugging Face's cache
+    model: str = path_field("openai-community/gpt2", source=True)  # a hub id or a local folder
+    dir: str | None = path_field()  # download folder (a subfolder per model); default Hugging Face's cache
 
 
 class HFLoader:
@@ -315,9 +313,5 @@ class HFLoader:
 
 @hookimpl
 def register_components(registry):
-    registry.checkpoint.register(
-        "hf",
-        HFLoader,
-        params=HFParams,
-        doc="Hugging Face GPT-2 (a folder with model.safetensors + config.json, or a hub id); also writes it.",
-    )
+    doc = "Hugging Face GPT-2 (a folder with model.safetensors + config.json, or a hub id); also writes it."
+    registry.checkpoint.register("hf", HFLoader, params=HFParams, doc=doc)

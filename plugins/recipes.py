@@ -1,4 +1,4 @@
-"""Recipes: short scripts that wire components into a job.
+"""Recipes: short scripts that wire components into a job, on the one run setup (gptkit.runs).
 
 `generate` samples text from a model, `pretrain` trains one on a dataset with the training engine,
 `evaluate` measures a model's loss and perplexity on a text.
@@ -10,48 +10,41 @@ import json
 import time
 
 from gptkit import hookimpl
+from gptkit.checkpoint import MODEL, save_model
+from gptkit.data import split_dataset
 from gptkit.errors import GptkitError
-from gptkit.generation import encode_prompt, generate_ids, make_generator
-from gptkit.registry import registry
-from gptkit.runs import (
-    atomic_write_text,
-    build_context,
-    build_model,
-    out_dir_of,
-    read_text,
-    resolve_device,
-    seed_everything,
-    write_run_config,
-)
-from gptkit.training import Trainer, split_dataset, text_loss
+from gptkit.evaluation import text_loss
+from gptkit.files import atomic_write_text, read_text
+from gptkit.generation import text_generation
+from gptkit.plugins import registry
+from gptkit.runs import setup_run
+from gptkit.training import Trainer
 
 
 def generate_recipe(config):
-    """Sample `[generate] max_new_tokens` tokens after `[generate] prompt`; print and save them."""
-    seed_everything(config.run.seed)
-    device = resolve_device(config.run.device)
-    out_dir = out_dir_of(config)
-    ctx = build_context(config, device, out_dir)
-    model = build_model(config, ctx)
-    sampler = registry.sampler.build(config.generate.sampler, ctx)
-    write_run_config(config, out_dir, device)
-    tokenizer = ctx.tokenizer
-    prompt_ids = encode_prompt(tokenizer, config.generate.prompt)
-    start = time.perf_counter()
-    (completion,) = generate_ids(
-        model,
-        [prompt_ids],
-        max_new_tokens=config.generate.max_new_tokens,
-        sampler=sampler,
-        eos_id=None if config.generate.ignore_eos else tokenizer.eos_id,
-        generator=make_generator(config.run.seed, device),
+    """Sample `[generate] max_new_tokens` tokens after `[generate] prompt`; print and save them, and
+    save the model as `model/` so the run folder is a SOURCE for `gptkit generate` and `gptkit.load_model`."""
+    run = setup_run(config)
+    g = config.generate
+    generation = text_generation(
+        run.model,
+        run.tokenizer,
+        [g.prompt],
+        max_new_tokens=g.max_new_tokens,
+        sampler=registry.sampler.build(g.sampler, run.ctx),
+        seed=config.run.seed,
+        ignore_eos=g.ignore_eos,
     )
-    new_ids = completion.new_ids
+    start = time.perf_counter()
+    (completion,) = generation.run()
     seconds = time.perf_counter() - start
-    text = config.generate.prompt + tokenizer.decode(new_ids)
+    text = g.prompt + run.tokenizer.decode(completion.new_ids)
     print(text)
-    (out_dir / "samples.txt").write_text(text + "\n", encoding="utf-8")
-    return {"new_tokens": len(new_ids), "tokens_per_s": len(new_ids) / seconds if seconds > 0 else 0.0}
+    run.write_config()
+    atomic_write_text(run.out_dir / "samples.txt", text + "\n")
+    save_model(run.out_dir / MODEL, run.model, run.tokenizer)
+    new_tokens = len(completion.new_ids)
+    return {"new_tokens": new_tokens, "tokens_per_s": new_tokens / seconds if seconds > 0 else 0.0}
 
 
 generate_recipe.metric_keys = ("new_tokens", "tokens_per_s")
@@ -63,10 +56,11 @@ def pretrain_recipe(config):
     """Train `[model]` on `[data] dataset` (split by `[data] split`) with the training engine."""
     if config.data.dataset is None:
         raise GptkitError("data.dataset: required by the pretrain recipe (e.g. { name = \"text\", path = \"book.txt\" })")
-    trainer = Trainer(config)
-    dataset = registry.dataset.build(config.data.dataset, trainer.ctx)
+    run = setup_run(config)
+    trainer = Trainer(run)
+    dataset = registry.dataset.build(config.data.dataset, run.ctx)
     train_set, val_set = split_dataset(dataset, config.data.split)[:2]
-    collator = registry.collator.build(config.data.collator, trainer.ctx)
+    collator = registry.collator.build(config.data.collator, run.ctx)
     return trainer.fit(train_set, val_set, collator)
 
 
@@ -77,15 +71,10 @@ def evaluate_recipe(config):
     """Loss and perplexity of the model (`[init] checkpoint`, or `[model]`) on the text file `[eval] text`."""
     if config.eval.text is None:
         raise GptkitError("eval.text: required by the evaluate recipe (a UTF-8 text file)")
-    seed_everything(config.run.seed)
-    device = resolve_device(config.run.device)
-    out_dir = out_dir_of(config)
-    ctx = build_context(config, device, out_dir)
-    model = build_model(config, ctx)
-    ids = ctx.tokenizer.encode(read_text(config.eval.text))
-    result = text_loss(model, ids, stride=config.eval.stride)
-    write_run_config(config, out_dir, device)
-    atomic_write_text(out_dir / "eval.json", json.dumps(result) + "\n")
+    run = setup_run(config)
+    result = text_loss(run.model, run.tokenizer.encode(read_text(config.eval.text)), stride=config.eval.stride)
+    run.write_config()
+    atomic_write_text(run.out_dir / "eval.json", json.dumps(result) + "\n")
     print(json.dumps(result))
     return result
 

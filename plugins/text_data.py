@@ -22,11 +22,12 @@ import numpy as np
 from tqdm import tqdm
 
 from gptkit import hookimpl
+from gptkit.config import path_field
 from gptkit.errors import GptkitError
 from gptkit.interfaces import Example
-from gptkit.runs import decode_utf8
-from gptkit_plugins.pretrained import cache_dir as default_cache_dir
-from gptkit_plugins.pretrained import fetch
+from gptkit.files import decode_utf8
+from gptkit.download import cache_dir as default_cache_dir
+from gptkit.download import fetch
 
 BLOCK_BYTES = 16 << 20  # tokenize big files in blocks cut at a newline
 
@@ -158,10 +159,10 @@ class TokenWindows(Sequence[Example]):
 
 @attrs.define
 class TextParams:
-    path: str  # a .txt file, a folder of .txt files, or an http(s) URL
+    path: str = path_field(attrs.NOTHING)  # a .txt file, a folder of .txt files, or an http(s) URL
     max_length: int | None = attrs.field(default=None, validator=attrs.validators.optional(attrs.validators.ge(1)))  # None: the context length
     stride: int | None = attrs.field(default=None, validator=attrs.validators.optional(attrs.validators.ge(1)))  # None: max_length
-    cache_dir: str | None = None  # None: $GPTKIT_CACHE or ~/.cache/gptkit
+    cache_dir: str | None = path_field()  # None: $GPTKIT_CACHE or ~/.cache/gptkit
 
 
 def text_dataset(ctx, path: str, max_length: int | None, stride: int | None, cache_dir: str | None) -> TokenWindows:
@@ -185,9 +186,5 @@ def text_dataset(ctx, path: str, max_length: int | None, stride: int | None, cac
 
 @hookimpl
 def register_components(registry):
-    registry.dataset.register(
-        "text",
-        text_dataset,
-        params=TextParams,
-        doc="Sliding windows over a text file, a folder of .txt files or a URL (tokenized once, memory-mapped).",
-    )
+    doc = "Sliding windows over a text file, a folder of .txt files or a URL (tokenized once, memory-mapped)."
+    registry.dataset.register("text", text_dataset, params=TextParams, doc=doc)

@@ -6,15 +6,18 @@ OpenAI ships beside the weights, or a .tiktoken file), then through tiktoken's o
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from typing import Iterable
 
 import attrs
+import tiktoken
 
 from gptkit import hookimpl
+from gptkit.config import path_field
 from gptkit.errors import GptkitError
+from gptkit.gpt2_files import ENDOFTEXT, ranks_from_gpt2_files
 
-ENDOFTEXT = "<|endoftext|>"
 GPT2_EOS_ID = 50256
 # GPT-2's pre-tokenisation pattern (tiktoken's r50k_base / gpt2).
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -41,8 +44,6 @@ class TiktokenTokenizer:
 
     def save(self, directory: Path) -> dict:
         """Write the vocabulary as `tokenizer.tiktoken` so the folder loads offline; return its spec."""
-        import base64
-
         ranks = sorted(self.encoding._mergeable_ranks.items(), key=lambda item: item[1])
         lines = b"".join(base64.b64encode(token) + b" %d\n" % rank for token, rank in ranks)
         (Path(directory) / "tokenizer.tiktoken").write_bytes(lines)
@@ -75,49 +76,10 @@ class ByteTokenizer:
 
 
 def _encoding_from_ranks(ranks: dict[bytes, int]):
-    import tiktoken
-
     return tiktoken.Encoding(name="gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={ENDOFTEXT: GPT2_EOS_ID})
 
 
-def _data_gym_byte_decoder() -> dict[str, int]:
-    """GPT-2's files spell bytes as printable characters; this maps each character back to its byte."""
-    printable = [b for b in range(256) if chr(b).isprintable() and chr(b) != " "]
-    decoder = {chr(b): b for b in printable}
-    shifted = 0
-    for b in range(256):
-        if b not in decoder.values():
-            decoder[chr(256 + shifted)] = b
-            shifted += 1
-    return decoder
-
-
-def ranks_from_gpt2_files(encoder_json: Path, vocab_bpe: Path) -> dict[bytes, int]:
-    """BPE ranks from OpenAI's encoder.json + vocab.bpe (or HF's vocab.json + merges.txt).
-
-    Read directly rather than through tiktoken's loader, which caches local files by path and so
-    would serve stale contents when a folder is rewritten.
-    """
-    import json
-
-    byte_of = _data_gym_byte_decoder()
-
-    def to_bytes(token: str) -> bytes:
-        return bytes(byte_of[c] for c in token)
-
-    with open(encoder_json, encoding="utf-8") as f:
-        encoder = json.load(f)
-    ranks = {to_bytes(k): v for k, v in encoder.items() if k not in (ENDOFTEXT, "<|startoftext|>")}
-    merges = [line.split() for line in Path(vocab_bpe).read_text(encoding="utf-8").splitlines()[1:] if line.strip()]
-    for rank, (first, second) in enumerate(merges, start=256):
-        if ranks.get(to_bytes(first) + to_bytes(second)) != rank:
-            raise ValueError(f"{vocab_bpe.name} line {rank - 254} ({first} {second}) disagrees with {encoder_json.name}")
-    return ranks
-
-
 def ranks_from_tiktoken_file(path: Path) -> dict[bytes, int]:
-    import base64
-
     ranks = {}
     for number, line in enumerate(Path(path).read_bytes().splitlines(), start=1):
         if line.strip():
@@ -151,8 +113,6 @@ def gpt2_from_files(path: str | Path) -> TiktokenTokenizer:
 
 
 def gpt2_from_tiktoken() -> TiktokenTokenizer:
-    import tiktoken
-
     try:
         return TiktokenTokenizer(tiktoken.get_encoding("gpt2"))
     except Exception as exc:
@@ -166,7 +126,7 @@ def gpt2_from_tiktoken() -> TiktokenTokenizer:
 
 @attrs.define
 class GPT2Params:
-    path: str | None = None  # folder with encoder.json + vocab.bpe, or a .tiktoken file
+    path: str | None = path_field()  # folder with encoder.json + vocab.bpe, or a .tiktoken file
 
 
 @hookimpl

@@ -34,14 +34,14 @@ MERGES = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("Ġ", "m"), ("o", "v"), ("Ġm
 def write_vocab(folder: Path, encoder: str = "encoder.json", merges: str = "vocab.bpe", real: bool = False) -> None:
     """A tiny GPT-2 vocabulary: the 256 bytes (in GPT-2's order), MERGES, end-of-text at 50256;
     or GPT-2's own when `real` and ../shared/data has it."""
-    from gptkit_plugins.tokenizers import _data_gym_byte_decoder
+    from gptkit.gpt2_files import data_gym_byte_decoder
 
     folder.mkdir(parents=True, exist_ok=True)
     if real and SHARED_GPT2.is_dir():
         shutil.copyfile(SHARED_GPT2 / "encoder.json", folder / encoder)
         shutil.copyfile(SHARED_GPT2 / "vocab.bpe", folder / merges)
         return
-    vocab = {char: rank for rank, char in enumerate(_data_gym_byte_decoder())}
+    vocab = {char: rank for rank, char in enumerate(data_gym_byte_decoder())}
     for a, b in MERGES:
         vocab[a + b] = len(vocab)
     vocab["<|endoftext|>"] = 50256

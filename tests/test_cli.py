@@ -56,7 +56,7 @@ def test_validate_reports_all_mistakes_without_traceback(tmp_path):
     assert result.returncode == 2
     assert "run.steps: unknown key" in result.stderr
     assert "train.epochs: expected integer, got string 'two'" in result.stderr
-    assert "model.norm.epsilon: unknown key (norm 'layernorm' takes: eps)" in result.stderr
+    assert "model.norm.epsilon: unknown key; did you mean 'eps'? (norm 'layernorm' takes: eps)" in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -6,7 +6,7 @@ import torch
 from gptkit.config import Component
 from gptkit.generation import KVCache
 from gptkit.model import GPTConfig
-from gptkit.registry import registry
+from gptkit.plugins import registry
 
 CONFIG = GPTConfig(vocab_size=97, context_length=32, emb_dim=32, n_heads=4, n_layers=2, qkv_bias=True)
 

@@ -44,7 +44,7 @@ def test_three_mistakes_reported_together(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert err.value.problems == [
-        "run.colour: unknown key (expected one of: name, recipe, out_dir, resume, seed, device)",
+        "run.colour: unknown key (expected one of: name, recipe, out_dir, resume, seed, device, threads)",
         "model.n_layers: expected integer, got string '4'",
         "generate.sampler.nucleus: unknown key (sampler 'top-k' takes: top_k, temperature)",
     ]
@@ -116,11 +116,11 @@ def test_override_of_unknown_key_is_an_error():
     (problem,) = problems_of(MINIMAL, ["train.lrr=3"])
     assert problem.startswith("train.lrr: unknown key") and "train.lrr=3" in problem
     (problem,) = problems_of(MINIMAL, ["generate.sampler.top_p=0.9"])
-    assert problem.startswith("generate.sampler.top_p: unknown key (sampler 'top-k' takes: top_k, temperature)")
+    assert problem.startswith("generate.sampler.top_p: unknown key; did you mean 'top_k'? (sampler 'top-k' takes: top_k, temperature)")
 
 
 def test_malformed_override():
-    assert problems_of(MINIMAL, ["train.lr"]) == ["train.lr: an override is KEY=VALUE or ~KEY"]
+    assert problems_of(MINIMAL, ["train.lr"]) == ["train.lr: an override is KEY=VALUE or ~KEY (e.g. train.lr=3e-4)"]
 
 
 def test_remove_key_goes_back_to_default():

@@ -10,7 +10,7 @@ import torch
 import gptkit
 from gptkit.errors import GptkitError
 from gptkit.generation import Generation, KVCache, TextDecoder, generate_ids, supports_kv_cache
-from gptkit.registry import registry
+from gptkit.plugins import registry
 from gptkit_plugins.attention import CausalSelfAttention, sdpa_kernel
 from gptkit_plugins.sampling import greedy
 from tinymodel import byte_tokenizer, one_thread, tiny_gpt  # noqa: F401 (one_thread: autouse fixture)

@@ -11,7 +11,7 @@ from conftest import gpt2_vocab_dir
 
 import gptkit
 from gptkit.generation import generate_ids
-from gptkit.registry import registry
+from gptkit.plugins import registry
 from gptkit_plugins.sampling import greedy
 from tinymodel import one_thread  # noqa: F401 (autouse fixture)
 

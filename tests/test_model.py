@@ -4,7 +4,9 @@ import torch
 
 from gptkit.config import Component, ModelSection
 from gptkit.errors import GptkitError
-from gptkit.model import GPT, PRESETS, GPTConfig
+from gptkit.model import GPT, GPTConfig
+from gptkit.presets import PRESETS
+from gptkit.runs import model_config_from
 
 
 def test_canonical_parameter_names(tiny_model_config):
@@ -37,15 +39,15 @@ def test_preset_parameter_counts(preset, params):
 
 def test_aliases_and_explicit_sizes_override_preset():
     section = ModelSection(preset="gpt2-medium", context_length=256)
-    config = GPTConfig.from_section(section)
+    config = model_config_from(section)
     assert config.emb_dim == PRESETS["gpt2-355M"]["emb_dim"] and config.context_length == 256
 
 
 def test_checkpoint_sizes_win_and_disagreement_is_an_error():
     base = GPTConfig.from_preset("gpt2", qkv_bias=True)
-    assert GPTConfig.from_section(ModelSection(), base=base).qkv_bias is True
+    assert model_config_from(ModelSection(), base=base).qkv_bias is True
     with pytest.raises(GptkitError, match="model.n_layers = 6 but the checkpoint has 12"):
-        GPTConfig.from_section(ModelSection(n_layers=6), base=base)
+        model_config_from(ModelSection(n_layers=6), base=base)
 
 
 def test_forward_and_context_limit(tiny_model_config):
@@ -72,7 +74,7 @@ def test_components_come_from_the_registry(tiny_model_config):
 
 
 def test_load_state_names_every_misfit(tiny_model_config):
-    from gptkit.sources import load_state
+    from gptkit.weights import load_state
 
     model = GPT(tiny_model_config)
     state = dict(model.state_dict())

@@ -1,14 +1,49 @@
+"""Registries and the plugin manager, checked against what DESIGN.md promises (written out here, not
+read from the code that builds the registries)."""
+
+import types
+import warnings
+
 import attrs
 import pytest
 
+from gptkit import hookimpl, plugins
+from gptkit.config import Component
 from gptkit.errors import RegistryError
-from gptkit.registry import KINDS, Registries, Registry, registering_as, registry
+from gptkit.plugins import PluginWarning, registry
+from gptkit.registry import Registries, Registry, registering_as
+
+# DESIGN.md's table of kinds, in its order.
+DESIGN_KINDS = [
+    "attention", "norm", "feedforward", "sampler", "tokenizer", "checkpoint", "dataset",
+    "prompt", "collator", "finetune", "scorer", "tracker", "recipe",
+]
+# Built-ins that have landed, by kind (DESIGN.md's "built-ins (at least)" column, as far as built).
+LANDED_BUILTINS = {
+    "attention": {"causal", "causal-reference"},
+    "norm": {"layernorm", "rmsnorm"},
+    "feedforward": {"gelu-mlp"},
+    "sampler": {"greedy", "top-k", "top-p"},
+    "tokenizer": {"gpt2", "bytes"},
+    "checkpoint": {"openai-tf", "hf", "gptkit"},
+    "dataset": {"text"},
+    "collator": {"lm"},
+    "finetune": {"full"},
+    "recipe": {"pretrain", "generate", "evaluate"},
+}
 
 
-def test_every_kind_has_a_registry():
-    assert [r.kind for r in registry] == list(KINDS)
-    for kind in KINDS:
-        assert registry[kind].kind == kind
+def test_the_kinds_are_designs():
+    assert [r.kind for r in registry] == DESIGN_KINDS
+    for kind in DESIGN_KINDS:
+        assert getattr(registry, kind) is registry[kind]
+
+
+@pytest.mark.parametrize("kind", sorted(LANDED_BUILTINS))
+def test_builtins_are_registered_with_a_doc_and_gptkit_origin(kind):
+    for name in LANDED_BUILTINS[kind]:
+        entry = registry[kind].get(name)
+        assert entry.doc and entry.origin.startswith("gptkit 0.1.0 ["), (kind, name, entry)
 
 
 def test_register_get_names_and_decorator():
@@ -27,6 +62,7 @@ def test_register_get_names_and_decorator():
     assert entry.factory is build and entry.params is Params
     assert entry.doc == "Sliding-window attention."
     assert reg.names() == ["acme.window", "plain"]
+    assert reg.build(Component("acme.window", {"window": 3}), None) == ("built", 3)
 
 
 def test_taken_name_names_both_origins():
@@ -57,8 +93,6 @@ def test_unknown_kind():
 
 
 def test_build_validates_params():
-    from gptkit.config import Component
-
     sampler = registry.sampler.build(Component("top-k", {"top_k": 3}), None)
     assert sampler.top_k == 3 and sampler.temperature == 1.0
     with pytest.raises(RegistryError, match="top_k"):
@@ -66,8 +100,65 @@ def test_build_validates_params():
 
 
 def test_builtins_come_through_entry_points():
-    from gptkit import plugins
-
     builtin = {p.name for p in plugins.loaded() if p.builtin}
     assert {"attention", "norms", "feedforward", "sampling", "tokenizers", "recipes"} <= builtin
-    assert registry.attention.get("causal").origin.startswith("gptkit ")
+
+
+def _plugin(name, register):
+    module = types.ModuleType(name)
+    module.register_components = hookimpl(register)
+    return module
+
+
+def _register_in_process(module, name):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plugins.register(module, name)
+    return [str(w.message) for w in caught if issubclass(w.category, PluginWarning)]
+
+
+def test_a_clash_registers_nothing_of_that_plugin_and_names_the_clash():
+    def first(registry):
+        registry.sampler.register("acme.same", lambda ctx: "first", doc="first")
+
+    def second(registry):
+        registry.sampler.register("acme.fresh", lambda ctx: None, doc="would be new")
+        registry.sampler.register("acme.same", lambda ctx: None, doc="clashes with the first plugin")
+
+    assert _register_in_process(_plugin("first", first), "first") == []
+    messages = _register_in_process(_plugin("clashing", second), "clashing")
+    try:
+        assert len(messages) == 1 and "sampler 'acme.same' is registered twice" in messages[0]
+        assert "by (in process) [first] and by (in process) [clashing]" in messages[0]
+        assert "acme.fresh" not in registry.sampler  # atomic: the plugin's other names are gone too
+        assert registry.sampler.get("acme.same").factory(None) == "first"
+        assert [p for p in plugins.loaded() if p.name == "clashing"][0].error
+    finally:
+        for name in ("first", "clashing"):
+            plugins.unregister(name)
+        registry.sampler.unregister("acme.same")
+
+
+def test_third_party_names_need_a_prefix_and_a_dot():
+    def register(registry):
+        registry.norm.register("acme.ok", lambda config: None)
+        registry.norm.register("bare", lambda config: None)
+
+    messages = _register_in_process(_plugin("unprefixed", register), "unprefixed")
+    try:
+        assert len(messages) == 1 and "prefix and a dot" in messages[0] and "norm 'bare'" in messages[0]
+        assert "acme.ok" not in registry.norm and "bare" not in registry.norm
+    finally:
+        plugins.unregister("unprefixed")
+
+
+def test_a_good_plugin_registers_everything():
+    def register(registry):
+        registry.norm.register("acme.good", lambda config: "built", doc="A test norm.")
+
+    assert _register_in_process(_plugin("good", register), "good") == []
+    try:
+        assert registry.norm.get("acme.good").origin == "(in process) [good]"
+    finally:
+        plugins.unregister("good")
+        registry.norm.unregister("acme.good")

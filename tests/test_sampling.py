@@ -8,7 +8,7 @@ import torch
 
 from gptkit.config import Component
 from gptkit.interfaces import Context
-from gptkit.registry import registry
+from gptkit.plugins import registry
 from tinymodel import one_thread  # noqa: F401 (autouse fixture)
 
 DRAWS = 40_000

@@ -11,7 +11,7 @@ import pytest
 from gptkit.config import Component
 from gptkit.errors import GptkitError
 from gptkit.interfaces import Context
-from gptkit.registry import registry
+from gptkit.plugins import registry
 from gptkit_plugins import text_data
 from gptkit_plugins.tokenizers import ByteTokenizer
 

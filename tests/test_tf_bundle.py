@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gptkit_plugins import tf_bundle
+from gptkit_plugins.openai_tf import tf_bundle
 
 TFBundleError = tf_bundle.TFBundleError
 

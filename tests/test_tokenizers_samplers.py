@@ -4,7 +4,7 @@ import torch
 from gptkit.config import Component
 from gptkit.errors import GptkitError
 from gptkit.interfaces import Context, Tokenizer
-from gptkit.registry import registry
+from gptkit.plugins import registry
 
 
 def tokenizer(name, **params):

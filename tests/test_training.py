@@ -20,7 +20,8 @@ import gptkit
 from gptkit import checkpoint, plugins
 from gptkit.config import structure
 from gptkit.errors import GptkitError
-from gptkit.training import lr_at, text_loss
+from gptkit.evaluation import text_loss
+from gptkit.training import lr_at
 
 TEXT = "".join(f"Line {i}: every effort moves you, said Jack Gisburn, {i * 7 % 13} times.\n" for i in range(24))
 TINY = """
@@ -189,9 +190,9 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_pa
     real = training.lm_loss
     calls = []
 
-    def poisoned(logits, targets):
+    def poisoned(logits, targets, ignore_index):
         calls.append(torch.is_grad_enabled())
-        loss = real(logits, targets)
+        loss = real(logits, targets, ignore_index)
         return loss * math.nan if sum(calls) > 3 else loss  # the 4th training step goes NaN
 
     monkeypatch.setattr(training, "lm_loss", poisoned)
@@ -282,23 +283,26 @@ def test_text_loss_in_one_window_is_plain_cross_entropy():
     assert result["loss"] == pytest.approx(expected, rel=1e-5) and result["perplexity"] == pytest.approx(math.exp(expected), rel=1e-5)
 
 
-@pytest.mark.parametrize("stride", [16, 5, 1])
-def test_text_loss_windows_score_every_token_once_with_the_context_they_get(stride):
+def test_text_loss_without_overlap_is_the_mean_over_separate_chunks():
     model = tiny_model()
     ids = torch.randint(0, 50, (40,)).tolist()
-    result = text_loss(model, ids, stride=stride)
-    # reference: token j is predicted from the window starting at the last stride multiple that gives it context
-    # inside the window, that is the window (begin, begin+16) of the scoring loop
-    nll, count, begin, scored = 0.0, 0, 0, 0
-    while scored < 39:
-        end = min(begin + 16, 39)
-        logits = model(torch.tensor([ids[begin:end]]))[0]
-        for j in range(max(scored, begin), end):
-            nll += F.cross_entropy(logits[j - begin], torch.tensor(ids[j + 1])).item()
-            count += 1
-        scored, begin = end, begin + stride
-    assert result["tokens"] == count == 39
-    assert result["loss"] == pytest.approx(nll / count, rel=1e-5)
+    # stride = context: inputs ids[0:16], ids[16:32], ids[32:39], each scored on its own
+    chunks = [(0, 16), (16, 32), (32, 39)]
+    nll = sum(F.cross_entropy(model(torch.tensor([ids[a:b]]))[0], torch.tensor(ids[a + 1 : b + 1]), reduction="sum").item() for a, b in chunks)
+    result = text_loss(model, ids)
+    assert result["tokens"] == 39 and result["loss"] == pytest.approx(nll / 39, rel=1e-5)
+
+
+def test_text_loss_with_stride_1_gives_every_token_the_full_context():
+    model = tiny_model()
+    ids = torch.randint(0, 50, (40,)).tolist()
+    # token j (j >= 1) is predicted from the 16 tokens before it, or from all of them when j <= 16
+    nll = 0.0
+    for j in range(1, 40):
+        context = ids[max(0, j - 16) : j]
+        nll += F.cross_entropy(model(torch.tensor([context]))[0, -1], torch.tensor(ids[j])).item()
+    result = text_loss(model, ids, stride=1)
+    assert result["tokens"] == 39 and result["loss"] == pytest.approx(nll / 39, rel=1e-5)
 
 
 def test_text_loss_bad_input():
@@ -333,11 +337,11 @@ def test_eval_command_and_evaluate_recipe(tmp_path):
 
 
 def test_precision_auto_is_bf16_where_the_hardware_computes_it(monkeypatch):
-    from gptkit import training
+    from gptkit import runs
 
     cpu = torch.device("cpu")
-    assert training.autocast_dtype("fp32", cpu) is None and training.autocast_dtype("bf16", cpu) is torch.bfloat16
-    monkeypatch.setattr(training, "cpu_has_bf16", lambda: True)
-    assert training.autocast_dtype("auto", cpu) is torch.bfloat16
-    monkeypatch.setattr(training, "cpu_has_bf16", lambda: False)
-    assert training.autocast_dtype("auto", cpu) is None
+    assert runs.resolve_precision("fp32", cpu) == "fp32" and runs.resolve_precision("bf16", cpu) == "bf16"
+    monkeypatch.setattr(runs, "cpu_has_bf16", lambda: True)
+    assert runs.resolve_precision("auto", cpu) == "bf16"
+    monkeypatch.setattr(runs, "cpu_has_bf16", lambda: False)
+    assert runs.resolve_precision("auto", cpu) == "fp32"

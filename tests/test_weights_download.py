@@ -15,9 +15,10 @@ from gptkit.cli import cli
 from gptkit.config import Component
 from gptkit.errors import GptkitError
 from gptkit.interfaces import Context
-from gptkit.registry import registry
+from gptkit.plugins import registry
 from gptkit.sources import load_model, load_source
-from gptkit_plugins import openai_tf, pretrained
+from gptkit import download as pretrained
+from gptkit_plugins import openai_tf
 
 DATA = "model.ckpt.data-00000-of-00001"
 

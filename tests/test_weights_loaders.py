@@ -95,7 +95,7 @@ def test_export_to_gptkit_format_and_back(tmp_path, reference):
     torch.testing.assert_close(gptkit_logits(tmp_path / "native"), reference, atol=1e-4, rtol=0)
     from gptkit.config import Component
     from gptkit.interfaces import Context
-    from gptkit.registry import registry
+    from gptkit.plugins import registry
 
     loader = registry.checkpoint.build(Component("gptkit", {"path": str(tmp_path / "native")}), Context())
     assert loader.load().model_config == load_source(tmp_path / "native").model_config
@@ -329,7 +329,7 @@ def test_hub_id_unreachable_is_a_clear_error(tmp_path, monkeypatch):
 def test_init_from_a_gptkit_model_folder(tmp_path, reference):
     from gptkit.config import Component
     from gptkit.interfaces import Context
-    from gptkit.registry import registry
+    from gptkit.plugins import registry
 
     assert CliRunner().invoke(cli, ["export", str(HF_TINY), str(tmp_path / "native"), "--format", "gptkit"]).exit_code == 0
     loader = registry.checkpoint.build(Component("gptkit", {"path": str(tmp_path / "native")}), Context())

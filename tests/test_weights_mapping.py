@@ -10,7 +10,7 @@ from gpt2_fixtures import HF_TINY, MERGES, OPENAI_TINY, SHARED_GPT2, write_vocab
 from gptkit.config import Component
 from gptkit.interfaces import CheckpointLoader, Context
 from gptkit.model import GPT, PRESETS
-from gptkit.registry import registry
+from gptkit.plugins import registry
 from gptkit_plugins import hf, openai_tf
 
 def meta_state(config) -> dict[str, tuple[int, ...]]:
@@ -94,12 +94,12 @@ def test_merges_recovered_from_ranks_of_a_tiny_vocabulary(tmp_path):
 def test_merges_recovered_from_ranks_of_gpt2():
     if not (SHARED_GPT2 / "vocab.bpe").is_file():
         pytest.skip(f"GPT-2 vocabulary files not found in {SHARED_GPT2}")
-    from gptkit_plugins.tokenizers import ranks_from_gpt2_files
+    from gptkit.gpt2_files import ranks_from_gpt2_files
 
     ranks = ranks_from_gpt2_files(SHARED_GPT2 / "encoder.json", SHARED_GPT2 / "vocab.bpe")
-    from gptkit_plugins.tokenizers import _data_gym_byte_decoder
+    from gptkit.gpt2_files import data_gym_byte_decoder
 
-    char_of = {b: c for c, b in _data_gym_byte_decoder().items()}
+    char_of = {b: c for c, b in data_gym_byte_decoder().items()}
     recovered = ["".join(char_of[x] for x in a) + " " + "".join(char_of[x] for x in b) for a, b in hf.merges_from_ranks(ranks)]
     expected = [line for line in (SHARED_GPT2 / "vocab.bpe").read_text(encoding="utf-8").splitlines()[1:] if line.strip()]
     assert recovered == expected

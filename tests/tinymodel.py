@@ -9,7 +9,7 @@ import torch
 from gptkit.config import Component
 from gptkit.interfaces import Context
 from gptkit.model import GPT, GPTConfig
-from gptkit.registry import registry
+from gptkit.plugins import registry
 
 
 def tiny_gpt(attention: str = "causal", seed: int = 0, context_length: int = 128, **sizes) -> GPT:

@@ -21,14 +21,17 @@ import numpy as np
 import torch
 
 from gptkit import hookimpl
-from gptkit.config import Component
+from gptkit.config import Component, path_field
 from gptkit.errors import GptkitError
 from gptkit.interfaces import Context, LoadedModel
-from gptkit.model import GPTConfig, resolve_preset
-from gptkit.registry import registry
-from gptkit.runs import atomic_write_text
-from gptkit.sources import check_tensors
-from gptkit_plugins.pretrained import cache_dir, fetch, gpt2_name_map, read_gpt2_json
+from gptkit.model import GPTConfig
+from gptkit.presets import resolve_preset
+from gptkit.plugins import registry
+from gptkit.files import atomic_write_text
+from gptkit.weights import check_tensors
+from gptkit_plugins.openai_tf import tf_bundle
+from gptkit.download import cache_dir, fetch
+from gptkit.gpt2_files import gpt2_name_map, read_gpt2_json
 
 SIZES = {"gpt2-124M": "124M", "gpt2-355M": "355M", "gpt2-774M": "774M", "gpt2-1558M": "1558M"}
 PREFIX = "model.ckpt"
@@ -136,8 +139,6 @@ class CheckpointReader:
             self._errors = (tf.errors.OpError, IndexError, ValueError, RuntimeError)  # pywrap maps codes to these
             self._tf = self._call(tf.train.load_checkpoint, str(prefix))
         else:
-            from gptkit_plugins import tf_bundle
-
             self._bundle = tf_bundle
             self._errors = (tf_bundle.TFBundleError,)
 
@@ -205,8 +206,8 @@ def is_complete(folder: Path) -> bool:
 
 @attrs.define
 class OpenAIParams:
-    model: str = "gpt2-124M"  # a preset (gpt2-124M ... gpt2-1558M), an alias (gpt2-medium) or a folder
-    dir: str | None = None  # download folder (a subfolder per size); default ~/.cache/gptkit/openai-gpt2
+    model: str = path_field("gpt2-124M", source=True)  # a preset (gpt2-124M ... gpt2-1558M), an alias (gpt2-medium) or a folder
+    dir: str | None = path_field()  # download folder (a subfolder per size); default ~/.cache/gptkit/openai-gpt2
     base_url: str | None = None  # default $GPTKIT_OPENAI_BASE_URL, else OpenAI's bucket, then the book's backup
     reader: Literal["auto", "tensorflow", "python"] = "auto"  # auto: TensorFlow when installed
 
@@ -257,9 +258,5 @@ class OpenAILoader:
 
 @hookimpl
 def register_components(registry):
-    registry.checkpoint.register(
-        "openai-tf",
-        OpenAILoader,
-        params=OpenAIParams,
-        doc="OpenAI's GPT-2 TensorFlow checkpoints (124M-1558M): download, verify, map into gptkit.",
-    )
+    doc = "OpenAI's GPT-2 TensorFlow checkpoints (124M-1558M): download, verify, map into gptkit."
+    registry.checkpoint.register("openai-tf", OpenAILoader, params=OpenAIParams, doc=doc)

@@ -1,5 +1,5 @@
-"""What the pretrained-weight loaders share: the download cache, resumable HTTP downloads and
-tensor-name checks that name the offending tensor.
+"""Downloads: gptkit's cache folder and one resumable, length-checked HTTP fetch, used by the weight
+loaders and the datasets alike.
 
 Downloads go to `<file>.part` and are renamed into place only once their size matches what the
 server announced, so a file under its final name is always whole; an interrupted transfer resumes
@@ -9,7 +9,6 @@ from the `.part` with an HTTP Range request, in the same call or the next one.
 from __future__ import annotations
 
 import http.client
-import json
 import os
 import socket
 import urllib.error
@@ -109,52 +108,3 @@ def _receive(response, part: Path, offset: int, label: str) -> int | None:
         part.unlink(missing_ok=True)
         raise GptkitError(f"{part.with_name(label)}: cannot write ({exc.strerror or exc})") from None
     return total
-
-
-def read_gpt2_json(path: Path, size_keys: Iterable[str], missing: str = "missing") -> dict:
-    """The JSON object of a GPT-2 folder's hparams.json or config.json, checked to give each of
-    `size_keys` as a positive integer and an n_embd that n_head divides; else one error naming the file."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise GptkitError(f"{path}: {missing}") from None
-    except (OSError, ValueError) as exc:
-        raise GptkitError(f"{path}: not readable JSON ({exc})") from None
-    size_keys = list(size_keys)
-    if not isinstance(data, dict):
-        raise GptkitError(f"{path}: expected a JSON object with {', '.join(size_keys)}")
-    for key in size_keys:
-        value = data.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise GptkitError(f"{path}: {key} must be a positive integer, got {value!r}")
-    if data["n_embd"] % data["n_head"]:
-        raise GptkitError(f"{path}: n_embd = {data['n_embd']} is not divisible by n_head = {data['n_head']}")
-    return data
-
-# GPT-2's tensors, as (module, parameter, gptkit name, is a Conv1D weight stored [in, out]); OpenAI's
-# TF checkpoints and Hugging Face's files name the same tree in their own spelling.
-GPT2_EMBEDDINGS = [("wte", "weight", "tok_emb.weight", False), ("wpe", "weight", "pos_emb.weight", False)]
-GPT2_BLOCK = [
-    ("ln_1", "weight", "norm1.weight", False),
-    ("ln_1", "bias", "norm1.bias", False),
-    ("attn.c_attn", "weight", "attn.qkv.weight", True),
-    ("attn.c_attn", "bias", "attn.qkv.bias", False),
-    ("attn.c_proj", "weight", "attn.proj.weight", True),
-    ("attn.c_proj", "bias", "attn.proj.bias", False),
-    ("ln_2", "weight", "norm2.weight", False),
-    ("ln_2", "bias", "norm2.bias", False),
-    ("mlp.c_fc", "weight", "ff.fc.weight", True),
-    ("mlp.c_fc", "bias", "ff.fc.bias", False),
-    ("mlp.c_proj", "weight", "ff.proj.weight", True),
-    ("mlp.c_proj", "bias", "ff.proj.bias", False),
-]
-GPT2_FINAL = [("ln_f", "weight", "final_norm.weight", False), ("ln_f", "bias", "final_norm.bias", False)]
-
-
-def gpt2_name_map(n_layer: int, spell) -> list[tuple[str, str, bool]]:
-    """(the format's name, gptkit name, is a Conv1D weight) for every GPT-2 tensor; `spell(block,
-    module, parameter)` writes a name in the format's spelling (block None outside the blocks)."""
-    names = [(spell(None, m, p), pt, conv) for m, p, pt, conv in GPT2_EMBEDDINGS]
-    for i in range(n_layer):
-        names += [(spell(i, m, p), f"blocks.{i}.{pt}", conv) for m, p, pt, conv in GPT2_BLOCK]
-    return names + [(spell(None, m, p), pt, conv) for m, p, pt, conv in GPT2_FINAL]

@@ -1,0 +1,51 @@
+"""Scoring a language model: the next-token loss (shared with the training engine) and the loss and
+perplexity of a text, in sliding windows when it is longer than the context."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from gptkit.errors import GptkitError
+from gptkit.interfaces import IGNORE_INDEX
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Mean next-token cross-entropy over the targets not equal to `ignore_index` (the collator's)."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=ignore_index)
+
+
+
+@torch.inference_mode()
+def text_loss(model: torch.nn.Module, ids: Sequence[int], *, stride: int | None = None) -> dict[str, float]:
+    """Mean cross-entropy per predicted token of `ids` (no token prepended) and its perplexity.
+
+    Texts longer than the context are scored in windows of `context_length` inputs starting every
+    `stride` tokens (default: the context); each token is scored once, in the first window that
+    predicts it after the previous window's end, so overlapping windows give it more context.
+    """
+    context = model.config.context_length
+    stride = stride or context
+    if not 1 <= stride <= context:
+        raise GptkitError(f"--stride must be between 1 and the context length {context}, got {stride}")
+    if len(ids) < 2:
+        raise GptkitError(f"the text has {len(ids)} token{'s' * (len(ids) != 1)}; at least 2 are needed to predict one")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    tokens = torch.as_tensor(list(ids), dtype=torch.long, device=device)
+    total, scored, begin = 0.0, 0, 0
+    while scored < len(ids) - 1:
+        end = min(begin + context, len(ids) - 1)  # inputs ids[begin:end] predict ids[begin+1:end+1]
+        targets = tokens[begin + 1 : end + 1].clone()
+        targets[: max(0, scored - begin)] = IGNORE_INDEX  # already scored by an earlier window
+        logits = model(tokens[begin:end].unsqueeze(0))
+        n = int((targets != IGNORE_INDEX).sum())
+        total += float(lm_loss(logits, targets.unsqueeze(0))) * n
+        scored, begin = end, begin + stride
+    model.train(was_training)
+    loss = total / scored
+    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": scored}
