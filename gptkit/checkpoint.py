@@ -21,13 +21,13 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from gptkit.config import Component
+from gptkit.config import Component, to_raw
 from gptkit.errors import GptkitError
 from gptkit.files import fsync_file, replace_dir
 from gptkit.interfaces import Context, LoadedModel
@@ -53,15 +53,25 @@ def model_state_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous() for k, v in state.items()}
 
 
-def save_model_files(directory: Path, model: torch.nn.Module, tokenizer: Any, weights: dict[str, torch.Tensor] | None = None) -> None:
+def save_model_files(
+    directory: Path,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    weights: dict[str, torch.Tensor] | None = None,
+    prompt: Component | None = None,
+) -> None:
     """Write model.safetensors, config.json and the tokenizer's files into `directory` (which exists).
 
-    `weights` (as from `model_state_for_saving`) replaces the model's current ones, e.g. a snapshot."""
+    `weights` (in canonical names, as from `model_state_for_saving`) replaces the model's current
+    ones, e.g. a snapshot or merged adapters. `prompt` is the prompt format the model was trained
+    with, recorded so that `gptkit chat` and `gptkit generate` can use it again."""
     directory = Path(directory)
     weights = model_state_for_saving(model) if weights is None else weights
     save_file({k: v.cpu() for k, v in weights.items()}, str(directory / WEIGHTS))
     spec = tokenizer.save(directory) if hasattr(tokenizer, "save") else {"name": tokenizer.name}
     meta = {"format": FORMAT, "version": FORMAT_VERSION, "model": model.config.to_dict(), "tokenizer": spec}
+    if prompt is not None:
+        meta["prompt"] = to_raw(prompt)
     (directory / CONFIG).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     for name in os.listdir(directory):
         fsync_file(directory / name)
@@ -73,10 +83,13 @@ def save_model(
     tokenizer: Any,
     state: dict[str, Any] | None = None,
     weights: dict[str, torch.Tensor] | None = None,
+    prompt: Component | None = None,
+    extra_files: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write a model folder atomically: into a temp folder beside it, then renamed into place.
 
-    `state` (plain values and tensors) is saved beside the weights as the training state."""
+    `state` (plain values and tensors) is saved beside the weights as the training state;
+    `extra_files(folder)` may add files (e.g. a finetune strategy's adapter); the rest as `save_model_files`."""
     final = Path(directory)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
@@ -86,7 +99,9 @@ def save_model(
     try:
         if state is not None:
             torch.save(state, tmp / STATE)
-        save_model_files(tmp, model, tokenizer, weights)
+        if extra_files is not None:
+            extra_files(tmp)
+        save_model_files(tmp, model, tokenizer, weights, prompt)
         replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -129,7 +144,8 @@ def load_model_files(directory: str | Path, ctx: Context | None = None) -> Loade
     if isinstance(spec.get("path"), str):
         spec["path"] = str(directory / spec["path"])
     tokenizer = registry.tokenizer.build(Component(name, spec), ctx or Context())
-    return LoadedModel(model_config, state, tokenizer)
+    prompt = meta.get("prompt")
+    return LoadedModel(model_config, state, tokenizer, Component(prompt.pop("name"), prompt) if prompt else None)
 
 
 # --- run checkpoints ----------------------------------------------------------------------------
@@ -155,9 +171,10 @@ def run_model_dir(run_dir: Path) -> Path | None:
     return saved if is_model_dir(saved) else None
 
 
-def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, tokenizer: Any, state: dict[str, Any], keep: int) -> Path:
-    """Write `checkpoints/step-N` (model + training state) atomically, then keep only the last `keep`."""
-    path = save_model(step_dir(run_dir, step), model, tokenizer, state)
+def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, tokenizer: Any, state: dict[str, Any], keep: int, **files: Any) -> Path:
+    """Write `checkpoints/step-N` (model + training state) atomically, then keep only the last `keep`;
+    `files` as `save_model` (weights, prompt, extra_files)."""
+    path = save_model(step_dir(run_dir, step), model, tokenizer, state, **files)
     for old in step_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return path

@@ -125,7 +125,8 @@ class DataSection:
     dataset: Component | None = kind("dataset", None, unset="none (the recipes that train need one)")
     prompt: Component | None = kind("prompt", None, unset="none: no prompt format")
     collator: Component = kind("collator", factory=lambda: Component("lm"))
-    split: list[float] = attrs.field(factory=lambda: [0.9, 0.1])
+    split: list[float] = attrs.field(factory=lambda: [0.9, 0.1])  # train, val[, test] shares
+    split_order: list[str] | None = unset("the parts are cut in the order train, val, test")
 
 
 @attrs.define
@@ -608,5 +609,9 @@ def _check(config: Config, s: _Structurer) -> None:
     split = config.data.split
     if not 2 <= len(split) <= 3 or any(x < 0 for x in split) or abs(sum(split) - 1.0) > 1e-6:
         s.problem("data.split", f"2 or 3 non-negative fractions (train, val[, test]) summing to 1, got {split}")
+    parts = ["train", "val", "test"][: len(split)]
+    order = config.data.split_order
+    if order is not None and sorted(order) != sorted(parts):
+        s.problem("data.split_order", f"the parts of data.split in the order they are cut, each once: a permutation of {parts}, got {order}")
     if config.generate.max_new_tokens < 0:
         s.problem("generate.max_new_tokens", f"must be >= 0, got {config.generate.max_new_tokens}")

@@ -8,6 +8,7 @@ from the `.part` with an HTTP Range request, in the same call or the next one.
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import os
 import socket
@@ -30,6 +31,23 @@ def cache_dir() -> Path:
     if os.environ.get("GPTKIT_CACHE"):
         return Path(os.environ["GPTKIT_CACHE"]).expanduser()
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "gptkit"
+
+
+def is_url(path: str) -> bool:
+    return path.startswith(("http://", "https://"))
+
+
+def download_once(url: str, cache: Path) -> Path:
+    """The file at `url`, downloaded once into `cache/downloads` (resumable, checked, atomic: see
+    `fetch`) and read from there afterwards; datasets given by URL come through here."""
+    name = os.path.basename(url.split("?")[0]) or "download"
+    target = Path(cache) / "downloads" / f"{hashlib.sha256(url.encode()).hexdigest()[:16]}-{name}"
+    if target.is_file():
+        return target
+    try:
+        return fetch([url], target)
+    except GptkitError as exc:
+        raise GptkitError(f"{exc}; check the address, or set data.dataset.path to a local file") from None
 
 
 class TransferError(Exception):

@@ -21,10 +21,13 @@ if TYPE_CHECKING:
 
 @attrs.define
 class Example:
-    """One training example: token ids, of which the first `prompt_length` are the prompt (0 for text)."""
+    """One training example: token ids, of which the first `prompt_length` are the prompt (0 for text).
+    `record` is the source record of instruction data ({instruction, input, output, ...}), which the
+    instruct recipe needs to write responses.json; None for plain text."""
 
     input_ids: list[int]
     prompt_length: int = 0
+    record: dict[str, Any] | None = None
 
 
 IGNORE_INDEX = -100  # the default target value that takes no loss (PyTorch's cross_entropy default)
@@ -110,11 +113,13 @@ class Collator(Protocol):
 @attrs.define
 class LoadedModel:
     """What a checkpoint loader returns: the model's config, its state dict in gptkit's canonical
-    parameter names (see gptkit.model), and the tokenizer that came with it (or None)."""
+    parameter names (see gptkit.model), the tokenizer that came with it (or None), and the prompt
+    format it was fine-tuned with (a config.Component, or None)."""
 
     model_config: "GPTConfig"
     state_dict: dict[str, "torch.Tensor"]
     tokenizer: "Tokenizer | None" = None
+    prompt: Any = None
 
 
 @runtime_checkable
@@ -129,6 +134,33 @@ class CheckpointLoader(Protocol):
     def load(self, source: str | None = None) -> LoadedModel: ...
 
     def download(self, name: str) -> Path: ...
+
+
+@runtime_checkable
+class Finetune(Protocol):
+    """What trains, and what a checkpoint of it holds. Built as `factory(ctx, **params)`.
+
+    - `prepare(model)`: freeze parameters and/or add adapters, in place, before the optimizer is built.
+    - `saved_weights(model)`: the weights in gptkit's canonical names (adapters merged in, no tied
+      head) that checkpoints and the final model hold, so every saved folder loads with
+      `gptkit generate`, `gptkit eval` and `gptkit export`.
+    - `trained_state(model)`: None when the saved weights are all that training changed (resume
+      loads them); else the tensors resume needs on top of the model the run sets up again (LoRA's
+      adapters: its frozen base comes from `[init]` as before), stored in the training state.
+    - `load_trained_state(model, state)`: put those back.
+    - `save_files(model, directory)`: write any extra files into a saved model folder (e.g. the
+      adapter alone); may do nothing.
+    """
+
+    def prepare(self, model: "torch.nn.Module") -> None: ...
+
+    def saved_weights(self, model: "torch.nn.Module") -> dict[str, "torch.Tensor"]: ...
+
+    def trained_state(self, model: "torch.nn.Module") -> dict[str, "torch.Tensor"] | None: ...
+
+    def load_trained_state(self, model: "torch.nn.Module", state: dict[str, "torch.Tensor"]) -> None: ...
+
+    def save_files(self, model: "torch.nn.Module", directory: Path) -> None: ...
 
 
 @runtime_checkable

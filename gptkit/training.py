@@ -231,6 +231,15 @@ class Trainer:
             "rng": {"torch": torch.get_rng_state(), "cuda": cuda},
             "best_val_loss": self.best_val_loss,
             "evals_since_best": self.evals_since_best,
+            "finetune": self.finetune.trained_state(self.model),
+        }
+
+    def model_files(self) -> dict[str, Any]:
+        """What a saved model folder of this run holds beyond the training state (see checkpoint.save_model)."""
+        return {
+            "weights": self.finetune.saved_weights(self.model),
+            "prompt": self.config.data.prompt,
+            "extra_files": lambda folder: self.finetune.save_files(self.model, folder),
         }
 
     def save_checkpoint(self) -> Path:
@@ -238,7 +247,7 @@ class Trainer:
         try:
             self.write_best()
             path = checkpoint.save_checkpoint(
-                self.out_dir, self.step, self.model, self.run.tokenizer, self.state(), self.config.train.keep_checkpoints
+                self.out_dir, self.step, self.model, self.run.tokenizer, self.state(), self.config.train.keep_checkpoints, **self.model_files()
             )
         except OSError as exc:
             kept = f"the previous checkpoint {previous[-1]} is intact" if previous else "no earlier checkpoint exists"
@@ -253,7 +262,10 @@ class Trainer:
                 f"run.resume: {path} was trained with {state['steps_per_epoch']} steps per epoch, this config gives "
                 f"{self.steps_per_epoch}; the data or train.batch_size changed, so the run cannot resume exactly"
             )
-        load_state(self.model, checkpoint.load_model_files(path, self.run.ctx).state_dict, path)
+        if state.get("finetune") is None:
+            load_state(self.model, checkpoint.load_model_files(path, self.run.ctx).state_dict, path)
+        else:
+            self.finetune.load_trained_state(self.model, state["finetune"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"]["torch"])
@@ -269,14 +281,14 @@ class Trainer:
         if val_loss < self.best_val_loss:
             self.best_val_loss, self.evals_since_best = val_loss, 0
             if self.config.train.save_best:
-                self.best_weights = {k: v.to("cpu", copy=True) for k, v in checkpoint.model_state_for_saving(self.model).items()}
+                self.best_weights = {k: v.to("cpu", copy=True) for k, v in self.finetune.saved_weights(self.model).items()}
         else:
             self.evals_since_best += 1
 
     def write_best(self) -> None:
         if self.best_weights is not None:
             best = self.out_dir / checkpoint.CHECKPOINTS / checkpoint.BEST
-            checkpoint.save_model(best, self.model, self.run.tokenizer, weights=self.best_weights)
+            checkpoint.save_model(best, self.model, self.run.tokenizer, weights=self.best_weights, prompt=self.config.data.prompt)
             self.best_weights = None
 
     # -- the loop --
@@ -297,7 +309,8 @@ class Trainer:
         total_steps = t.epochs * self.steps_per_epoch
         total_steps = min(total_steps, t.max_steps) if t.max_steps else total_steps
         self.train_eval_order = epoch_order(len(train_set), config.run.seed, -1)
-        run.model = registry.finetune.build(t.finetune, run.ctx)(run.model)
+        self.finetune = registry.finetune.build(t.finetune, run.ctx)
+        self.finetune.prepare(run.model)
         self.optimizer = build_optimizer(run.model, lr=t.lr, weight_decay=t.weight_decay, betas=t.betas, device=self.device)
         dtype = AUTOCAST_DTYPES[run.precision]
         self.autocast = lambda: torch.autocast(self.device.type, dtype=dtype) if dtype else contextlib.nullcontext()

@@ -59,9 +59,9 @@ def pretrain_recipe(config):
     run = setup_run(config)
     trainer = Trainer(run)
     dataset = registry.dataset.build(config.data.dataset, run.ctx)
-    train_set, val_set = split_dataset(dataset, config.data.split)[:2]
+    parts = split_dataset(dataset, config.data.split, config.data.split_order)
     collator = registry.collator.build(config.data.collator, run.ctx)
-    return trainer.fit(train_set, val_set, collator)
+    return trainer.fit(parts["train"], parts["val"], collator)
 
 
 pretrain_recipe.metric_keys = TRAINING_KEYS

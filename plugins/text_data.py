@@ -27,35 +27,15 @@ from gptkit.errors import GptkitError
 from gptkit.interfaces import Example
 from gptkit.files import decode_utf8
 from gptkit.download import cache_dir as default_cache_dir
-from gptkit.download import fetch
+from gptkit.download import download_once, is_url
 
 BLOCK_BYTES = 16 << 20  # tokenize big files in blocks cut at a newline
-
-
-def cache_root(cache_dir: str | None) -> Path:
-    return Path(cache_dir) if cache_dir else default_cache_dir()
-
-
-def is_url(path: str) -> bool:
-    return path.startswith(("http://", "https://"))
-
-
-def download(url: str, cache: Path) -> Path:
-    """The file at `url`, downloaded once into `cache/downloads` (resumable, checked, atomic: see `fetch`)."""
-    name = os.path.basename(url.split("?")[0]) or "download"
-    target = cache / "downloads" / f"{hashlib.sha256(url.encode()).hexdigest()[:16]}-{name}"
-    if target.is_file():
-        return target
-    try:
-        return fetch([url], target)
-    except GptkitError as exc:
-        raise GptkitError(f"{exc}; check the address, or set data.dataset.path to a local file") from None
 
 
 def text_files(path: str, cache: Path) -> list[Path]:
     """The files a `path` names: one file, every .txt under a folder (sorted), or a downloaded URL."""
     if is_url(path):
-        return [download(path, cache)]
+        return [download_once(path, cache)]
     p = Path(path)
     if p.is_dir():
         files = sorted(f for f in p.rglob("*.txt") if f.is_file())
@@ -138,13 +118,13 @@ class TokenWindows(Sequence[Example]):
         begin = self.start + i * self.stride
         return Example(self.tokens[begin : begin + self.max_length + 1].astype(np.int64).tolist())
 
-    def split(self, fractions: Sequence[float]) -> list["TokenWindows"]:
-        """Contiguous parts of the token stream by ratio (train first); each non-empty part must hold a window."""
-        names = ("train", "val", "test")
-        n, parts, begin, total = self.end - self.start, [], self.start, 0.0
-        for name, fraction in zip(names, fractions):
+    def split(self, shares: dict[str, float], order: Sequence[str]) -> dict[str, "TokenWindows"]:
+        """Contiguous parts of the token stream by share, cut in `order`; each non-empty part must hold a window."""
+        n, parts, begin, total = self.end - self.start, {}, self.start, 0.0
+        for i, name in enumerate(order):
+            fraction = shares[name]
             total += fraction
-            end = self.start + int(round(total * n)) if name != names[len(fractions) - 1] else self.end
+            end = self.start + int(round(total * n)) if i < len(order) - 1 else self.end
             part = TokenWindows(self.tokens, self.max_length, self.stride, self.source, begin, end)
             if fraction > 0 and len(part) == 0:
                 raise GptkitError(
@@ -152,7 +132,7 @@ class TokenWindows(Sequence[Example]):
                     f"of max_length + 1 = {self.max_length + 1} tokens; use more text, a smaller data.dataset.max_length, "
                     "or change data.split"
                 )
-            parts.append(part)
+            parts[name] = part
             begin = end
         return parts
 
@@ -174,7 +154,7 @@ def text_dataset(ctx, path: str, max_length: int | None, stride: int | None, cac
         max_length = ctx.model_config.context_length
     if ctx.model_config is not None and max_length > ctx.model_config.context_length:
         raise GptkitError(f"data.dataset.max_length = {max_length} exceeds the model's context length {ctx.model_config.context_length}")
-    cache = cache_root(cache_dir)
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
     files = text_files(path, cache)
     tokens = token_file(files, ctx.tokenizer, cache)
     windows = TokenWindows(tokens, max_length, stride or max_length, path)

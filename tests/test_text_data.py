@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from gptkit.data import split_dataset
+
 from gptkit.config import Component
 from gptkit.errors import GptkitError
 from gptkit.interfaces import Context
@@ -37,16 +39,29 @@ def test_windows_match_the_original_sliding_window(tmp_path):
 def test_split_cuts_the_token_stream_by_ratio(tmp_path):
     (tmp_path / "a.txt").write_text(TEXT, encoding="utf-8")
     windows = build(tmp_path / "a.txt", tmp_path)
-    train, val = windows.split([0.9, 0.1])
+    parts = split_dataset(windows, [0.9, 0.1])
+    train, val = parts["train"], parts["val"]
     n = len(TEXT)
     assert (train.start, train.end, val.start, val.end) == (0, round(0.9 * n), round(0.9 * n), n)
     assert val[0].input_ids == ByteTokenizer().encode(TEXT)[val.start : val.start + 17]
+    # cut in another order: val first, then train
+    parts = split_dataset(windows, [0.9, 0.1], ["val", "train"])
+    assert (parts["val"].start, parts["val"].end, parts["train"].start, parts["train"].end) == (0, round(0.1 * n), round(0.1 * n), n)
+
+
+def test_a_sequence_is_cut_as_the_original_ch07_cuts_its_records():
+    records = list(range(1100))  # train = int(0.85 n), test = int(0.1 n), val = the rest, in file order
+    parts = split_dataset(records, [0.85, 0.05, 0.10], ["train", "test", "val"])
+    assert (parts["train"][0], parts["train"][-1], len(parts["train"])) == (0, 934, 935)
+    assert (parts["test"][0], parts["test"][-1]) == (935, 1044)
+    assert (parts["val"][0], parts["val"][-1]) == (1045, 1099)
+    assert [len(p) for p in split_dataset(records, [0.9, 0.1]).values()] == [990, 110]
 
 
 def test_split_too_short_for_a_window_names_the_split(tmp_path):
     (tmp_path / "a.txt").write_text(TEXT, encoding="utf-8")
     with pytest.raises(GptkitError, match=r"the val split \(2%\) has \d+ tokens, too short for one window of max_length \+ 1 = 17"):
-        build(tmp_path / "a.txt", tmp_path).split([0.98, 0.02])
+        split_dataset(build(tmp_path / "a.txt", tmp_path), [0.98, 0.02])
 
 
 def test_folder_joins_documents_with_end_of_text(tmp_path):
