@@ -1,0 +1,113 @@
+"""The README's commands, run as written, in its order, in a scratch copy of the repository's
+experiments (with ../shared beside it as in CI).
+
+Every line of a ```bash block and every ```python block runs, except the exemptions below, each
+with its reason. Long runs get the listed overrides appended. OpenAI's weights come from a
+127.0.0.1 server that serves a small checkpoint in OpenAI's layout under every size's name.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, SHARED_DATA
+from gpt2_fixtures import SHARED_GPT2, FileServer, random_hf_model, write_openai_folder
+
+# A bash line containing the key is not run, for the reason given.
+EXEMPT = {
+    "pip install": "installs packages (CI's own install step runs it)",
+    "python -m pytest": "runs this very test-suite",
+    "--source hf": "needs the Hugging Face hub (no network here)",
+    "openai-community/": "needs the Hugging Face hub (no network here)",
+    "python benchmarks/": "benchmarks take minutes; never asserted in tests",
+    "zsh_source": "a zsh line (the test shell is bash)",
+    "fish_source": "a fish line (the test shell is bash)",
+}
+# A bash line containing the key runs with these overrides appended (long runs, made short).
+SHORTENED = {
+    "experiments/tiny_pretrain.toml": ["train.max_steps=4"],
+    "experiments/pretrain_verdict.toml": ["train.max_steps=1", "train.eval_batches=1", "model.n_layers=1"],
+}
+# A python block line containing the key is left out, for the reason given.
+EXEMPT_PYTHON = {
+    'load_model("openai-community/gpt2")': "needs the Hugging Face hub (no network here)",
+}
+
+
+def readme_blocks() -> list[tuple[str, str]]:
+    """(language, text) of every fenced block of README.md, in order."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    return [(m.group(1), m.group(2)) for m in re.finditer(r"^```(\w*)\n(.*?)^```", text, flags=re.M | re.S)]
+
+
+def bash_lines(block: str) -> list[str]:
+    lines = []
+    for line in block.splitlines():
+        command = re.sub(r"\s{2,}#.*$", "", line).strip()
+        if command and not command.startswith("#"):
+            lines.append(command)
+    return lines
+
+
+def steps() -> list[tuple[str, str]]:
+    """("bash" | "python" | "skip", text) in README order."""
+    out = []
+    for language, block in readme_blocks():
+        if language == "bash":
+            for command in bash_lines(block):
+                reason = next((why for key, why in EXEMPT.items() if key in command), None)
+                if reason:
+                    out.append(("skip", f"{command}  ({reason})"))
+                    continue
+                extra = next((args for key, args in SHORTENED.items() if key in command), [])
+                out.append(("bash", " ".join([command, *extra])))
+        elif language == "python":
+            kept = [line for line in block.splitlines() if not any(key in line for key in EXEMPT_PYTHON)]
+            out.append(("python", "\n".join(kept)))
+    return out
+
+
+def test_every_exemption_is_used():
+    """An exemption that no README line needs any more must go (so the list stays honest)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    unused = [key for key in [*EXEMPT, *SHORTENED, *EXEMPT_PYTHON] if key not in text]
+    assert unused == []
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    """repo/ with the experiments, shared/ beside it (a link to ../shared), an empty cache."""
+    if not SHARED_GPT2.is_dir():
+        pytest.skip(f"GPT-2 vocabulary files not found in {SHARED_GPT2}")
+    repo = tmp_path / "repo"
+    shutil.copytree(ROOT / "experiments", repo / "experiments")
+    (tmp_path / "shared").symlink_to(SHARED_DATA.parent, target_is_directory=True)
+    model = random_hf_model(50257, 64, 16, 2, 1, seed=5)
+    checkpoint = write_openai_folder(model, tmp_path / "openai", real_vocab=True)
+    files = {f"/{size}/{p.name}": p.read_bytes() for size in ("124M", "355M", "774M", "1558M") for p in checkpoint.iterdir() if p.is_file()}
+    with FileServer(files) as server:
+        env = {**os.environ, "GPTKIT_CACHE": str(tmp_path / "cache"), "GPTKIT_OPENAI_BASE_URL": server.url, "TQDM_DISABLE": "1",
+               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+        yield repo, env
+
+
+def test_readme_commands_run_as_written(workspace):
+    repo, env = workspace
+    ran = 0
+    for kind, text in steps():
+        if kind == "skip":
+            continue
+        if kind == "bash":
+            result = subprocess.run(["bash", "-c", f"set -o pipefail; {text}"], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+        else:
+            result = subprocess.run([sys.executable, "-c", text], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, f"README {kind} failed:\n{text}\n--- stdout\n{result.stdout[-3000:]}\n--- stderr\n{result.stderr[-3000:]}"
+        ran += 1
+    assert ran >= 15
