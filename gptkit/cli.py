@@ -270,6 +270,18 @@ _python_show_warning = warnings.showwarning
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The console script: click's own usage errors get gptkit's `error:` prefix too."""
     warnings.showwarning = _show_warning
     plugin_manager.hook().register_commands(cli=cli)
-    cli.main(args=argv, prog_name="gptkit")
+    try:
+        code = cli.main(args=argv, prog_name="gptkit", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        if isinstance(exc, click.UsageError) and exc.ctx is not None:
+            click.echo(exc.ctx.get_usage(), err=True)
+            click.echo(f"Try '{exc.ctx.command_path} {exc.ctx.help_option_names[0]}' for help.", err=True)
+        click.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)

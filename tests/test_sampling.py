@@ -87,6 +87,15 @@ def test_top_p_matches_renormalised_nucleus(top_p, temperature):
     assert chi_square_p_value(samples, expected) > 1e-3
 
 
+@pytest.mark.parametrize("name, params", [("top-k", dict(top_k=5, temperature=1.5)), ("top-p", dict(top_p=0.8))])
+def test_the_same_seed_gives_the_same_draws(name, params):
+    logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(0))
+    sampler = build(name, **params)
+    draws = [sampler(logits, torch.Generator().manual_seed(7)) for _ in range(3)]
+    assert all(torch.equal(draws[0], d) for d in draws)
+    assert not all(torch.equal(sampler(logits, torch.Generator().manual_seed(s)), draws[0]) for s in range(8))
+
+
 def test_top_p_keeps_at_least_the_most_likely_token():
     logits = torch.tensor([[0.0, 5.0, 1.0]])
     assert build("top-p", top_p=1e-6)(logits, torch.Generator().manual_seed(0)).item() == 1

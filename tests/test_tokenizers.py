@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from gptkit.config import Component
 from gptkit.errors import GptkitError
@@ -63,23 +62,3 @@ def test_gpt2_corrupt_files(tmp_path, gpt2_vocab):
     (tmp_path / "vocab.bpe").write_bytes((gpt2_vocab / "vocab.bpe").read_bytes())
     with pytest.raises(GptkitError, match="not a readable GPT-2 vocabulary"):
         tokenizer("gpt2", path=str(tmp_path))
-
-
-def sampler(name, **params):
-    return registry.sampler.build(Component(name, params), Context())
-
-
-def test_greedy_and_temperature_zero():
-    logits = torch.tensor([[0.1, 3.0, 0.2], [5.0, 1.0, 0.0]])
-    assert sampler("greedy")(logits, None).tolist() == [1, 0]
-    assert sampler("top-k", top_k=2, temperature=0.0)(logits, None).tolist() == [1, 0]
-
-
-def test_top_k_is_seeded_and_stays_in_top_k():
-    logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(0))
-    top_k = sampler("top-k", top_k=5, temperature=1.5)
-    allowed = torch.topk(logits, 5).indices
-    draws = [top_k(logits, torch.Generator().manual_seed(s)) for s in range(200)]
-    for draw in draws:
-        assert all(draw[b] in allowed[b] for b in range(4))
-    assert torch.equal(top_k(logits, torch.Generator().manual_seed(7)), top_k(logits, torch.Generator().manual_seed(7)))
