@@ -2,6 +2,12 @@
 
 A plugin is a module (or object) named by an entry point in group "gptkit". Hooks are only ever
 added: changing a hook's meaning means a new hook name.
+
+The training events receive `run`, a `gptkit.runs.Run`: `run.config` (the resolved config),
+`run.out_dir`, `run.device`, `run.ctx` (tokenizer, prompt format, model_config), `run.model`,
+`run.precision`, `run.step` (the last finished optimizer step), `run.rank`, `run.world_size` and
+`run.is_main`. `metrics` is the row written to metrics.jsonl. A tracker named in `[track]` is
+registered with the plugin manager for the run's duration, so it receives these calls.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ def register_commands(cli):
 
 @hookspec
 def on_train_start(run):
-    """Training starts (also after a resume). `run` exposes `config`, `out_dir` and `model`."""
+    """Training starts (also after a resume: `run.step` is then the checkpoint's step)."""
 
 
 @hookspec
