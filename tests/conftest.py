@@ -29,6 +29,12 @@ def gpt2_vocab() -> Path:
 
 
 @pytest.fixture
+def ch07():
+    """The original book code's ch07 (instruction fine-tuning), the reference for instruction data."""
+    return pytest.importorskip("llms_from_scratch.ch07", reason="llms-from-scratch is not installed (pip install --no-deps llms-from-scratch psutil)")
+
+
+@pytest.fixture
 def tiny_model_config():
     from gptkit.model import GPTConfig
 

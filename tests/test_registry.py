@@ -27,6 +27,7 @@ LANDED_BUILTINS = {
     "tokenizer": {"gpt2", "bytes"},
     "checkpoint": {"openai-tf", "hf", "gptkit"},
     "dataset": {"text"},
+    "prompt": {"alpaca", "phi3", "compact"},
     "collator": {"lm"},
     "finetune": {"full"},
     "recipe": {"pretrain", "generate", "evaluate"},
