@@ -28,7 +28,7 @@ LANDED_BUILTINS = {
     "checkpoint": {"openai-tf", "hf", "gptkit"},
     "dataset": {"text"},
     "prompt": {"alpaca", "phi3", "compact"},
-    "collator": {"lm"},
+    "collator": {"lm", "masked-response"},
     "finetune": {"full"},
     "recipe": {"pretrain", "generate", "evaluate"},
 }
