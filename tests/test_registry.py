@@ -26,7 +26,7 @@ LANDED_BUILTINS = {
     "sampler": {"greedy", "top-k", "top-p"},
     "tokenizer": {"gpt2", "bytes"},
     "checkpoint": {"openai-tf", "hf", "gptkit"},
-    "dataset": {"text"},
+    "dataset": {"text", "alpaca-json", "synthetic-tasks"},
     "prompt": {"alpaca", "phi3", "compact"},
     "collator": {"lm", "masked-response"},
     "finetune": {"full"},
