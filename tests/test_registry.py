@@ -30,6 +30,7 @@ LANDED_BUILTINS = {
     "prompt": {"alpaca", "phi3", "compact"},
     "collator": {"lm", "masked-response"},
     "finetune": {"full"},
+    "scorer": {"exact-match", "rouge-l", "ollama-judge"},
     "recipe": {"pretrain", "generate", "evaluate"},
 }
 
