@@ -207,7 +207,7 @@ class RougeLParams:
 
 def _http_url(instance: Any, attribute: attrs.Attribute, value: str) -> None:
     if not is_url(value):
-        raise ValueError(f"url: an http(s) address such as http://localhost:11434, got {value!r}")
+        raise ValueError(f"'url' must be an http(s) address such as http://localhost:11434, got {value!r}")
 
 
 @attrs.define

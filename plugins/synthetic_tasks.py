@@ -78,12 +78,12 @@ def task_records(seed: int, count: int, families: list[str], word_length: tuple[
 def _families(instance: Any, attribute: attrs.Attribute, value: list[str]) -> None:
     unknown = [name for name in value if name not in FAMILIES]
     if not value or unknown or len(set(value)) != len(value):
-        raise ValueError(f"families: a list of distinct names from {', '.join(FAMILIES)}, got {value}")
+        raise ValueError(f"'families' must be a list of distinct names from {', '.join(FAMILIES)}, got {value}")
 
 
 def _word_length(instance: Any, attribute: attrs.Attribute, value: list[int]) -> None:
     if len(value) != 2 or not 1 <= value[0] <= value[1]:
-        raise ValueError(f"word_length: [shortest, longest] with 1 <= shortest <= longest, got {value}")
+        raise ValueError(f"'word_length' must be [shortest, longest] with 1 <= shortest <= longest, got {value}")
 
 
 @attrs.define

@@ -256,7 +256,7 @@ def test_synthetic_examples_fit_a_small_byte_model_in_the_compact_format():
 
 def test_synthetic_parameters_are_checked():
     for params, message in [
-        ({"families": ["reverse", "rot13"]}, "families: a list of distinct names"),
+        ({"families": ["reverse", "rot13"]}, "'families' must be a list of distinct names"),
         ({"families": []}, "families"),
         ({"families": ["add", "add"]}, "families"),
         ({"word_length": [5, 3]}, "word_length"),

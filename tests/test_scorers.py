@@ -163,7 +163,7 @@ def test_judge_reads_a_streamed_answer_and_skips_scores_out_of_range(ollama):
 
 
 def test_judge_url_must_be_http():
-    with pytest.raises(RegistryError, match=r"url: an http\(s\) address such as http://localhost:11434, got 'localhost:11434'"):
+    with pytest.raises(RegistryError, match=r"'url' must be an http\(s\) address such as http://localhost:11434, got 'localhost:11434'"):
         scorer("ollama-judge", url="localhost:11434")
 
 
