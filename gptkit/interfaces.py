@@ -110,6 +110,17 @@ class Collator(Protocol):
     def __call__(self, examples: list[Example]) -> Batch: ...
 
 
+@runtime_checkable
+class Scorer(Protocol):
+    """Records (dicts with instruction, input, output, model_response) -> {"mean": float or None when
+    nothing was scored, "n": records scored, ...}; the instruct recipe logs the mean under
+    `metric_key`. A scorer that cannot run (a judge server down) returns an "error" line, not raises."""
+
+    metric_key: str
+
+    def __call__(self, records: list[dict[str, Any]]) -> dict[str, Any]: ...
+
+
 @attrs.define
 class LoadedModel:
     """What a checkpoint loader returns: the model's config, its state dict in gptkit's canonical

@@ -145,15 +145,21 @@ class TextParams:
     cache_dir: str | None = path_field()  # None: $GPTKIT_CACHE or ~/.cache/gptkit
 
 
-def text_dataset(ctx, path: str, max_length: int | None, stride: int | None, cache_dir: str | None) -> TokenWindows:
-    if ctx.tokenizer is None:
-        raise GptkitError("dataset 'text' needs a tokenizer ([data] tokenizer)")
+def checked_max_length(ctx, max_length: int | None) -> int:
+    """A dataset's `max_length` in tokens: None means the model's context length, which it may not exceed."""
     if max_length is None:
         if ctx.model_config is None:
             raise GptkitError("data.dataset.max_length: required when no model is built yet")
-        max_length = ctx.model_config.context_length
+        return ctx.model_config.context_length
     if ctx.model_config is not None and max_length > ctx.model_config.context_length:
         raise GptkitError(f"data.dataset.max_length = {max_length} exceeds the model's context length {ctx.model_config.context_length}")
+    return max_length
+
+
+def text_dataset(ctx, path: str, max_length: int | None, stride: int | None, cache_dir: str | None) -> TokenWindows:
+    if ctx.tokenizer is None:
+        raise GptkitError("dataset 'text' needs a tokenizer ([data] tokenizer)")
+    max_length = checked_max_length(ctx, max_length)
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     files = text_files(path, cache)
     tokens = token_file(files, ctx.tokenizer, cache)

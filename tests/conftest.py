@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import http.server
+import threading
 from pathlib import Path
 
 import pytest
@@ -29,10 +31,37 @@ def gpt2_vocab() -> Path:
 
 
 @pytest.fixture
+def ch07():
+    """The original book code's ch07 (instruction fine-tuning), the reference for instruction data."""
+    return pytest.importorskip("llms_from_scratch.ch07", reason="llms-from-scratch is not installed (pip install --no-deps llms-from-scratch psutil)")
+
+
+@pytest.fixture
 def tiny_model_config():
     from gptkit.model import GPTConfig
 
     return GPTConfig(vocab_size=97, context_length=32, emb_dim=32, n_heads=4, n_layers=2)
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    """A static file server on 127.0.0.1: (base URL, the folder it serves, the paths requested)."""
+    served = tmp_path / "www"
+    served.mkdir()
+    requests = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(served), **kwargs)
+
+        def log_message(self, *args):
+            requests.append(self.path)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", served, requests
+    server.shutdown()
 
 
 @pytest.fixture(autouse=True)

@@ -26,9 +26,11 @@ LANDED_BUILTINS = {
     "sampler": {"greedy", "top-k", "top-p"},
     "tokenizer": {"gpt2", "bytes"},
     "checkpoint": {"openai-tf", "hf", "gptkit"},
-    "dataset": {"text"},
-    "collator": {"lm"},
+    "dataset": {"text", "alpaca-json", "synthetic-tasks"},
+    "prompt": {"alpaca", "phi3", "compact"},
+    "collator": {"lm", "masked-response"},
     "finetune": {"full"},
+    "scorer": {"exact-match", "rouge-l", "ollama-judge"},
     "recipe": {"pretrain", "generate", "evaluate"},
 }
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import http.server
-import threading
 from pathlib import Path
 
 import pytest
@@ -120,26 +118,6 @@ def test_missing_unreadable_and_empty_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(text_data, "open", refuse, raising=False)
     with pytest.raises(GptkitError, match=r"a\.txt: cannot read: Permission denied"):
         build(tmp_path / "a.txt", tmp_path)
-
-
-@pytest.fixture
-def http_server(tmp_path):
-    served = tmp_path / "www"
-    served.mkdir()
-    requests = []
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, directory=str(served), **kwargs)
-
-        def log_message(self, *args):
-            requests.append(self.path)
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", served, requests
-    server.shutdown()
 
 
 def test_url_is_downloaded_once(tmp_path, http_server):

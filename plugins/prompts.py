@@ -1,0 +1,63 @@
+"""Prompt formats: a record {instruction, input, output} -> (prompt text, response text).
+
+The model is trained on prompt + response and, at inference, continues the prompt. `input` may be
+missing or empty: then its part is left out. Chat builds the prompt of a user's message with
+`fmt({"instruction": text, "input": "", "output": ""})[0]`.
+
+- `alpaca`: the Alpaca template of the original ch07 script; prompt + response is byte for byte
+  its `format_input(entry) + "\\n\\n### Response:\\n" + entry["output"]`.
+- `phi3`: the book's exercise variant in Phi-3's chat markup.
+- `compact`: "{instruction}\n{input}\n=" then the output, for small byte-level models: the
+  Alpaca markup is 124 bytes before the instruction alone (the shipped data's median answer is 40),
+  more than a context of 64-128 tokens can spare beside the instruction and the answer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from gptkit import hookimpl
+
+
+@attrs.frozen
+class PromptTemplate:
+    """prompt = before + instruction [+ input_separator + input] + response_marker; response = output."""
+
+    name: str
+    before: str
+    input_separator: str
+    response_marker: str
+
+    def request(self, record: dict[str, Any]) -> str:
+        """The instruction and input, without the response marker (the original's `format_input`)."""
+        text = self.before + record["instruction"]
+        if record.get("input"):
+            text += self.input_separator + record["input"]
+        return text
+
+    def __call__(self, record: dict[str, Any]) -> tuple[str, str]:
+        return self.request(record) + self.response_marker, record.get("output", "")
+
+
+ALPACA = PromptTemplate(
+    "alpaca",
+    before="Below is an instruction that describes a task. Write a response that appropriately completes the request."
+    "\n\n### Instruction:\n",
+    input_separator="\n\n### Input:\n",
+    response_marker="\n\n### Response:\n",
+)
+PHI3 = PromptTemplate("phi3", before="<|user|>\n", input_separator="\n", response_marker="\n<|assistant|>\n")
+COMPACT = PromptTemplate("compact", before="", input_separator="\n", response_marker="\n=")
+
+
+@hookimpl
+def register_components(registry):
+    docs = {
+        ALPACA: "Alpaca: preamble, ### Instruction, ### Input (when given), ### Response (the original scripts').",
+        PHI3: "Phi-3 chat markup: <|user|> instruction and input, <|assistant|> response.",
+        COMPACT: "Instruction, input and '=' on lines of their own: short prompts for small byte-level models.",
+    }
+    for template, doc in docs.items():
+        registry.prompt.register(template.name, lambda ctx, template=template: template, doc=doc)
