@@ -12,6 +12,11 @@ import traceback
 import warnings
 from pathlib import Path
 
+try:
+    import readline  # noqa: F401  (line editing and history for `gptkit chat`'s input())
+except ImportError:  # pragma: no cover - platforms without it
+    readline = None
+
 import attrs
 import click
 import torch
@@ -19,13 +24,13 @@ import torch
 from gptkit import plugins as plugin_manager
 from gptkit.config import Component, load_config, show_toml
 from gptkit.errors import GptkitError
-from gptkit.evaluation import text_loss
+from gptkit.evaluation import result_line, score_responses, text_loss
 from gptkit.files import read_text
 from gptkit.generation import stream_text, text_generation
 from gptkit.interfaces import Context
 from gptkit.plugins import GptkitWarning, registry
 from gptkit.runs import resolve_device, run as run_config
-from gptkit.sources import load_model, load_source
+from gptkit.sources import load_model, load_model_and_prompt, load_source
 from gptkit.version import __version__
 from gptkit.weights import check_vocab
 
@@ -166,14 +171,25 @@ def export(source: str, directory: str, fmt: str) -> None:
 
 
 @cli.command("eval")
-@click.argument("source")
-@click.option("--text", "text_file", required=True, type=click.Path(dir_okay=False), help="UTF-8 text file to score.")
+@click.argument("source", required=False)
+@click.option("--text", "text_file", type=click.Path(dir_okay=False), help="UTF-8 text file to score (needs SOURCE).")
+@click.option("--responses", "responses_file", type=click.Path(dir_okay=False), help="Re-score a responses.json (no model needed).")
+@click.option("--scorer", "scorer_names", multiple=True,
+              help="With --responses: a registered scorer (repeat). Default: the [eval] scorers of the config.toml beside the file, else exact-match.")
 @click.option("--stride", type=int, help="Window stride in tokens for texts longer than the context (default: the context).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--threads", type=click.IntRange(min=1), help="torch's intra-op threads (default: torch's own choice).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: loss, perplexity, tokens.")
-def eval_command(source: str, text_file: str, stride: int | None, device: str, threads: int | None, as_json: bool) -> None:
-    """Mean cross-entropy and perplexity of SOURCE's model on a text (no token prepended)."""
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (loss, perplexity, tokens; or the scores).")
+def eval_command(source, text_file, responses_file, scorer_names, stride, device, threads, as_json) -> None:
+    """Loss and perplexity of SOURCE's model on a text (--text; no token prepended), or the scores
+    of an existing responses.json (--responses), as the instruct recipe writes them."""
+    if (text_file is None) == (responses_file is None):
+        raise GptkitError("give one of --text FILE (with SOURCE) or --responses FILE")
+    if responses_file is not None:
+        rescore(Path(responses_file), scorer_names, as_json)
+        return
+    if source is None:
+        raise GptkitError("--text needs the SOURCE whose model to score")
     if threads:
         torch.set_num_threads(threads)
     text = read_text(text_file)
@@ -184,6 +200,33 @@ def eval_command(source: str, text_file: str, stride: int | None, device: str, t
         click.echo(json.dumps(result))
     else:
         click.echo(f"loss {result['loss']:.4f}  perplexity {result['perplexity']:.2f}  ({result['tokens']} tokens predicted)")
+
+
+def rescore(path: Path, scorer_names: tuple[str, ...], as_json: bool) -> None:
+    """Score a responses.json again: with the scorers named, else those of its run's config.toml."""
+    try:
+        records = json.loads(read_text(path))
+    except json.JSONDecodeError as exc:
+        raise GptkitError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    if not isinstance(records, list):
+        raise GptkitError(f"{path}: expected a JSON array of records, as responses.json holds")
+    for i, record in enumerate(records):
+        missing = [key for key in ("output", "model_response") if not isinstance(record, dict) or not isinstance(record.get(key), str)]
+        if missing:
+            raise GptkitError(f"{path}: record {i} has no string {' or '.join(missing)}")
+    run_config = path.parent / "config.toml"
+    if scorer_names:
+        scorers = [Component(name) for name in scorer_names]
+    elif run_config.is_file():
+        scorers = load_config(run_config).eval.scorers
+    else:
+        scorers = [Component("exact-match")]
+    results, _ = score_responses(records, scorers, Context())
+    if as_json:
+        click.echo(json.dumps(results))
+        return
+    for name, result in results.items():
+        click.echo(f"{name}: {result_line(result)}")
 
 
 @cli.command()
@@ -248,6 +291,59 @@ def generate(source, prompts, max_new_tokens, sampler, temperature, top_k, top_p
             click.echo(json.dumps(row, ensure_ascii=False))
         else:
             click.echo(("\n" if i else "") + text + completion)
+
+
+@cli.command()
+@click.argument("source")
+@click.option("--prompt-format", "format_name", help="A registered prompt format. Default: the one the model was fine-tuned with.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--sampler", help="A registered sampler. Default: greedy, or top-k / top-p when their options are given.")
+@click.option("--temperature", type=float)
+@click.option("--top-k", type=int)
+@click.option("--top-p", type=float)
+@click.option("--seed", type=int, help="Seed of the sampler's random generator.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--threads", type=click.IntRange(min=1), help="torch's intra-op threads (default: torch's own choice).")
+def chat(source, format_name, max_new_tokens, sampler, temperature, top_k, top_p, seed, device, threads) -> None:
+    """Talk to an instruction-tuned model SOURCE in its prompt format, one instruction at a time.
+
+    In a terminal: type an instruction, read the answer as it is generated; /exit (or Ctrl-D) ends.
+    With stdin not a terminal, each input line is one instruction and gets one answer line.
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    model, tokenizer, saved_format = load_model_and_prompt(source, device=resolve_device(device))
+    if format_name is None and saved_format is None:
+        raise GptkitError(f"{source}: the model records no prompt format (it was not instruction-tuned by gptkit); name one with --prompt-format")
+    spec = Component(format_name) if format_name else saved_format
+    prompt_format = registry.prompt.build(spec, Context(tokenizer=tokenizer))
+    interactive = sys.stdin.isatty()
+    if interactive:
+        click.echo(f"chatting with {source} in the {spec.name!r} prompt format; /exit to end", err=True)
+    while True:
+        try:
+            line = input("> ") if interactive else sys.stdin.readline()
+        except EOFError:
+            break
+        if not interactive and not line:
+            break
+        instruction = line.strip()
+        if instruction in ("/exit", "/quit"):
+            break
+        if not instruction:
+            continue
+        prompt, _ = prompt_format({"instruction": instruction, "input": "", "output": ""})
+        generation = text_generation(
+            model, tokenizer, [prompt], max_new_tokens=max_new_tokens, sampler=sampler, temperature=temperature,
+            top_k=top_k, top_p=top_p, seed=seed,
+        )
+        if interactive:
+            for piece in stream_text(generation, tokenizer):
+                click.echo(piece, nl=False)
+            click.echo()
+        else:
+            (completion,) = generation.run()
+            click.echo(tokenizer.decode(completion.new_ids).strip().replace("\n", " "))
 
 
 def _stdin_prompt() -> str:

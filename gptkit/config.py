@@ -164,6 +164,9 @@ class GenerateSection:
 @attrs.define
 class EvalSection:
     scorers: list[Component] = kind("scorer", factory=list)
+    sampler: Component | None = kind("sampler", None, unset="greedy decoding, as the original scripts")  # responses.json
+    max_new_tokens: int = 256  # per response in responses.json
+    batch_size: int = 8  # prompts generated together for responses.json
     text: str | None = path_field(unset="none (the evaluate recipe needs a text file)")
     stride: int | None = unset("the context length")
 
@@ -613,5 +616,8 @@ def _check(config: Config, s: _Structurer) -> None:
     order = config.data.split_order
     if order is not None and sorted(order) != sorted(parts):
         s.problem("data.split_order", f"the parts of data.split in the order they are cut, each once: a permutation of {parts}, got {order}")
+    for key in ("max_new_tokens", "batch_size"):
+        if getattr(config.eval, key) < 1:
+            s.problem(f"eval.{key}", f"must be >= 1, got {getattr(config.eval, key)}")
     if config.generate.max_new_tokens < 0:
         s.problem("generate.max_new_tokens", f"must be >= 0, got {config.generate.max_new_tokens}")

@@ -1,16 +1,21 @@
-"""Scoring a language model: the next-token loss (shared with the training engine) and the loss and
-perplexity of a text, in sliding windows when it is longer than the context."""
+"""Scoring a language model: the next-token loss (shared with the training engine), the loss and
+perplexity of a text (in sliding windows when it is longer than the context), and the scores of
+generated responses by the `[eval] scorers`."""
 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+import sys
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
+from gptkit.config import Component
 from gptkit.errors import GptkitError
-from gptkit.interfaces import IGNORE_INDEX
+from gptkit.interfaces import IGNORE_INDEX, Context
+from gptkit.plugins import registry
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
@@ -49,3 +54,27 @@ def text_loss(model: torch.nn.Module, ids: Sequence[int], *, stride: int | None 
     model.train(was_training)
     loss = total / scored
     return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": scored}
+
+
+def score_responses(records: list[dict[str, Any]], scorers: Sequence[Component], ctx: Context) -> tuple[dict[str, Any], dict[str, float]]:
+    """(scores.json's content: {scorer name: its result}, {metric key: mean}) for records holding
+    `model_response`. The means are logged under each scorer's metric key (`exact_match`,
+    `rouge_l`, ...). A scorer whose result has an `error` (e.g. a judge server that is down) is
+    reported on stderr and has no mean; the others still count."""
+    results, means = {}, {}
+    for spec in scorers:
+        scorer = registry.scorer.build(spec, ctx)
+        result = results[spec.name] = scorer(records)
+        if result.get("error"):
+            tqdm.write(f"warning: scorer {spec.name}: {result['error']}", file=sys.stderr)
+        elif result.get("mean") is not None:
+            means[scorer.metric_key] = result["mean"]
+    return results, means
+
+
+def result_line(result: dict) -> str:
+    """One line for a scorer's result: its mean and count, or its error."""
+    if result.get("error"):
+        return f"failed: {result['error']}"
+    groups = "".join(f", {name} {group['mean']:.3f}" for name, group in result.get("groups", {}).items())
+    return f"{result['mean']:.3f} over {result['n']} responses{groups}"

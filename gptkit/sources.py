@@ -62,8 +62,14 @@ def missing_folder_message(path: Path) -> str:
 
 def load_model(source: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
     """(model in eval mode, tokenizer) from any SOURCE."""
+    model, tokenizer, _ = load_model_and_prompt(source, device=device, dtype=dtype)
+    return model, tokenizer
+
+
+def load_model_and_prompt(source: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
+    """(model in eval mode, tokenizer, the prompt format it was fine-tuned with or None) from any SOURCE."""
     loaded = load_source(source, Context(device=device))
     model = model_with_weights(loaded.model_config, loaded.state_dict, source, device)
     if dtype is not None:
         model.to(dtype=dtype)
-    return model.eval(), loaded.tokenizer
+    return model.eval(), loaded.tokenizer, loaded.prompt

@@ -151,11 +151,14 @@ class AlpacaJsonParams:
     on_bad_record: Literal["error", "skip"] = attrs.field(default="error", validator=attrs.validators.in_(("error", "skip")))
     on_too_long: Literal["truncate", "drop"] = attrs.field(default="truncate", validator=too_long_choice)
     max_length: int | None = attrs.field(default=None, validator=optional_length)  # None: the context length
+    max_records: int | None = attrs.field(default=None, validator=optional_length)  # the file's first N valid records; None: all
 
 
-def alpaca_json_dataset(ctx, path: str, cache_dir: str | None, on_bad_record: str, on_too_long: str, max_length: int | None) -> list[Example]:
+def alpaca_json_dataset(
+    ctx, path: str, cache_dir: str | None, on_bad_record: str, on_too_long: str, max_length: int | None, max_records: int | None
+) -> list[Example]:
     source, records = read_records(path, Path(cache_dir) if cache_dir else default_cache_dir(), on_bad_record)
-    return examples_from_records(records, ctx, source, max_length, on_too_long)
+    return examples_from_records(records[:max_records], ctx, source, max_length, on_too_long)
 
 
 @hookimpl
