@@ -130,10 +130,15 @@ def check_feedforward(name: str, /, *, config: GPTConfig = CONFIG, **params: Any
 
 
 def _run_checks(kind: str, name: str, config: GPTConfig, params: dict[str, Any], checks: tuple[Check, ...]) -> None:
-    for check in checks:
-        module = build(kind, name, config, **params)  # a fresh module each: a check may change it (float64)
-        try:
-            check(module, config)
-        except Exception as exc:  # a crash fails the check too, and says which
-            what = str(exc) if isinstance(exc, AssertionError) else f"{type(exc).__name__}: {exc}"
-            raise AssertionError(f"{kind} {name!r} fails {check.__name__}: {what}") from exc
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors gain nothing from threads, and on a busy machine waiting for one is 100x slower
+    try:
+        for check in checks:
+            module = build(kind, name, config, **params)  # a fresh module each: a check may change it (float64)
+            try:
+                check(module, config)
+            except Exception as exc:  # a crash fails the check too, and says which
+                what = str(exc) if isinstance(exc, AssertionError) else f"{type(exc).__name__}: {exc}"
+                raise AssertionError(f"{kind} {name!r} fails {check.__name__}: {what}") from exc
+    finally:
+        torch.set_num_threads(threads)

@@ -25,8 +25,10 @@ def install(src: Path, tmp: Path) -> Path:
 
 
 def python(site: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
-    """`python ARGS` with the installed package importable; `env` adds environment variables."""
-    environ = {**os.environ, "PYTHONPATH": str(site), **env}
+    """`python ARGS` with the installed package importable; `env` adds environment variables. Torch
+    gets one thread: tests run tiny models, and on a busy machine waiting for a second thread makes
+    them up to 100x slower."""
+    environ = {**os.environ, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1", **env}
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=environ, timeout=300)
 
 
