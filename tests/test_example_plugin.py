@@ -35,6 +35,14 @@ def site(tmp_path_factory):
     return install(EXAMPLE, tmp_path_factory.mktemp("acme-window"))
 
 
+def test_the_guide_quotes_the_module_as_it_is():
+    """The README's excerpt of the example module is the module's own text, so it runs as written."""
+    guide = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = guide[guide.index("## Writing a new attention plugin") :]
+    excerpt = section.split("```python\n")[1].split("```")[0]
+    assert "class WindowAttention" in excerpt and excerpt in (EXAMPLE / "acme_window_attention.py").read_text(encoding="utf-8")
+
+
 def test_listed_with_its_origin(site):
     (dist,) = importlib.metadata.distributions(name="acme-window-attention", path=[str(site)])
     result = gptkit(site, "list", "attention")
