@@ -110,8 +110,8 @@ def through_cache(module: nn.Module, x: torch.Tensor, positions: torch.Tensor, p
 
 
 Check = Callable[[nn.Module, GPTConfig], None]
-POINTWISE_CHECKS: tuple[Check, ...] = (shape_dtype_and_determinism, causality)
-ATTENTION_CHECKS: tuple[Check, ...] = (*POINTWISE_CHECKS, keyword_interface, kv_cache_matches_recompute, left_padding_is_hidden)
+COMPONENT_CHECKS: tuple[Check, ...] = (shape_dtype_and_determinism, causality)
+ATTENTION_CHECKS: tuple[Check, ...] = (*COMPONENT_CHECKS, keyword_interface, kv_cache_matches_recompute, left_padding_is_hidden)
 
 
 def check_attention(name: str, /, *, config: GPTConfig = CONFIG, **params: Any) -> None:
@@ -120,13 +120,13 @@ def check_attention(name: str, /, *, config: GPTConfig = CONFIG, **params: Any) 
 
 
 def check_norm(name: str, /, *, config: GPTConfig = CONFIG, **params: Any) -> None:
-    """Run the checks of a per-position module on the registered norm `name` built with `params`."""
-    _run_checks("norm", name, config, params, POINTWISE_CHECKS)
+    """Run the checks every model component passes on the registered norm `name` built with `params`."""
+    _run_checks("norm", name, config, params, COMPONENT_CHECKS)
 
 
 def check_feedforward(name: str, /, *, config: GPTConfig = CONFIG, **params: Any) -> None:
-    """Run the checks of a per-position module on the registered feedforward `name` built with `params`."""
-    _run_checks("feedforward", name, config, params, POINTWISE_CHECKS)
+    """Run the checks every model component passes on the registered feedforward `name` built with `params`."""
+    _run_checks("feedforward", name, config, params, COMPONENT_CHECKS)
 
 
 def _run_checks(kind: str, name: str, config: GPTConfig, params: dict[str, Any], checks: tuple[Check, ...]) -> None:
