@@ -19,10 +19,11 @@ import pytest
 
 from conftest import ROOT, SHARED_DATA
 from gpt2_fixtures import SHARED_GPT2, FileServer, random_hf_model, write_openai_folder
+from plugin_packages import install
 
 # A bash line containing the key is not run, for the reason given.
 EXEMPT = {
-    "pip install": "installs packages (CI's own install step runs it)",
+    "pip install": "installs packages (CI's install step installs gptkit; the workspace, the example plugin)",
     "python -m pytest": "runs this very test-suite",
     "--source hf": "needs the Hugging Face hub (no network here)",
     "openai-community/": "needs the Hugging Face hub (no network here)",
@@ -83,7 +84,8 @@ def test_every_exemption_is_used():
 
 @pytest.fixture
 def workspace(tmp_path):
-    """repo/ with the experiments, shared/ beside it (a link to ../shared), an empty cache."""
+    """repo/ with the experiments, shared/ beside it (a link to ../shared), an empty cache, and the
+    example plugin installed as the README's `pip install ./examples/acme-window-attention` does."""
     if not SHARED_GPT2.is_dir():
         pytest.skip(f"GPT-2 vocabulary files not found in {SHARED_GPT2}")
     repo = tmp_path / "repo"
@@ -92,8 +94,10 @@ def workspace(tmp_path):
     model = random_hf_model(50257, 64, 16, 2, 1, seed=5)
     checkpoint = write_openai_folder(model, tmp_path / "openai", real_vocab=True)
     files = {f"/{size}/{p.name}": p.read_bytes() for size in ("124M", "355M", "774M", "1558M") for p in checkpoint.iterdir() if p.is_file()}
+    example_site = install(ROOT / "examples" / "acme-window-attention", tmp_path / "acme-window")
     with FileServer(files) as server:
         env = {**os.environ, "GPTKIT_CACHE": str(tmp_path / "cache"), "GPTKIT_OPENAI_BASE_URL": server.url, "TQDM_DISABLE": "1",
+               "PYTHONPATH": str(example_site),
                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
         yield repo, env
 

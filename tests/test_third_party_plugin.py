@@ -1,13 +1,11 @@
 """A third-party attention plugin, packaged and pip-installed from a temp folder, works with no change to gptkit."""
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 
 from conftest import ROOT
+from plugin_packages import gptkit, install
 
 PLUGIN_MODULE = '''
 """Causal linear attention (Katharopoulos et al. 2020): O(T) instead of O(T^2)."""
@@ -68,24 +66,11 @@ broken = "acme_broken"
 
 @pytest.fixture(scope="module")
 def plugin_site(tmp_path_factory):
-    """Build the package and pip-install it into a folder of its own (no network, no change to this env)."""
     src = tmp_path_factory.mktemp("acme-src")
     (src / "pyproject.toml").write_text(PYPROJECT)
     (src / "acme_attention.py").write_text(textwrap.dedent(PLUGIN_MODULE))
     (src / "acme_broken.py").write_text("import a_module_that_does_not_exist\n")
-    site = tmp_path_factory.mktemp("acme-site")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index", "--target", str(site), str(src)],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    return site
-
-
-def gptkit(site, *args, **env):
-    environ = {**os.environ, "PYTHONPATH": str(site), **env}
-    return subprocess.run([sys.executable, "-m", "gptkit", *args], capture_output=True, text=True, env=environ, timeout=300)
+    return install(src, tmp_path_factory.mktemp("acme"))
 
 
 def test_listed_with_its_origin_and_broken_plugin_is_a_warning(plugin_site):

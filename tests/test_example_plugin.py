@@ -1,0 +1,71 @@
+"""The example plugin package (examples/acme-window-attention), pip-installed as a user would, is
+listed, selected and validated by name, takes GPT-2's weights, and passes its own tests, which run
+gptkit's conformance checks on it."""
+
+import importlib.metadata
+
+import pytest
+
+from conftest import ROOT
+from gpt2_fixtures import HF_TINY
+from plugin_packages import gptkit, install, python
+
+EXAMPLE = ROOT / "examples" / "acme-window-attention"
+TINY = str(ROOT / "experiments" / "tiny_generate.toml")
+
+# GPT-2 weights (a tiny HF checkpoint) into acme.window with a window as long as the context: the
+# same logits as the `causal` model the checkpoint loads as.
+LOAD_GPT2 = """
+import sys, attrs, torch
+from gptkit import load_model
+from gptkit.config import Component
+from gptkit.model import GPT
+
+gpt2, _ = load_model(sys.argv[1])
+config = attrs.evolve(gpt2.config, attention=Component("acme.window", {"window": gpt2.config.context_length}))
+windowed = GPT(config).eval()
+windowed.load_state_dict(gpt2.state_dict())
+ids = torch.arange(config.context_length)[None] % config.vocab_size
+torch.testing.assert_close(windowed(ids), gpt2(ids), atol=0, rtol=0)
+"""
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    return install(EXAMPLE, tmp_path_factory.mktemp("acme-window"))
+
+
+def test_the_guide_quotes_the_module_as_it_is():
+    """The README's excerpt of the example module is the module's own text, so it runs as written."""
+    guide = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = guide[guide.index("## Writing a new attention plugin") :]
+    excerpt = section.split("```python\n")[1].split("```")[0]
+    assert "class WindowAttention" in excerpt and excerpt in (EXAMPLE / "acme_window_attention.py").read_text(encoding="utf-8")
+
+
+def test_listed_with_its_origin(site):
+    (dist,) = importlib.metadata.distributions(name="acme-window-attention", path=[str(site)])
+    result = gptkit(site, "list", "attention")
+    assert result.returncode == 0, result.stderr
+    (line,) = [line for line in result.stdout.splitlines() if "acme.window" in line]
+    assert f"[acme-window-attention {dist.version} [acme_window]]" in line
+
+
+def test_selected_by_name_with_a_validated_window(site, tmp_path):
+    result = gptkit(site, "run", TINY, "model.attention.name=acme.window", "model.attention.window=8", f"run.out_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Every effort moves you")
+    assert '[model.attention]\nname = "acme.window"\nwindow = 8\n' in (tmp_path / "config.toml").read_text()
+    bad = gptkit(site, "config", "validate", TINY, "model.attention.name=acme.window", "model.attention.window=0")
+    assert bad.returncode == 2 and "model.attention.window: 'window' must be >= 1: 0" in bad.stderr
+
+
+def test_gpt2_weights_load_into_it(site):
+    result = python(site, "-c", LOAD_GPT2, str(HF_TINY))
+    assert result.returncode == 0, result.stderr
+
+
+def test_its_own_tests_pass(site):
+    result = python(site, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLE), PYTHONDONTWRITEBYTECODE="1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert " passed" in result.stdout and "skipped" not in result.stdout
