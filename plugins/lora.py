@@ -60,8 +60,9 @@ class LoRALinear(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        update = F.linear(F.linear(self.dropout(x), self.lora_a), self.lora_b)
-        return F.linear(x, self.weight, self.bias) + self.scale * update
+        # the scale goes on the rank-sized activation, not the output: one output-sized tensor less
+        update = F.linear(F.linear(self.dropout(x), self.lora_a) * self.scale, self.lora_b)
+        return F.linear(x, self.weight, self.bias) + update
 
     def merged_weight(self) -> torch.Tensor:
         return merged_weight(self.weight, self.lora_a, self.lora_b, self.scale)
