@@ -29,7 +29,7 @@ LANDED_BUILTINS = {
     "dataset": {"text", "alpaca-json", "synthetic-tasks"},
     "prompt": {"alpaca", "phi3", "compact"},
     "collator": {"lm", "masked-response"},
-    "finetune": {"full"},
+    "finetune": {"full", "freeze", "lora"},
     "scorer": {"exact-match", "rouge-l", "ollama-judge"},
     "recipe": {"pretrain", "generate", "evaluate"},
 }
