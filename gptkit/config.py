@@ -117,6 +117,7 @@ class ModelSection:
 @attrs.define
 class InitSection:
     checkpoint: Component | None = kind("checkpoint", None, unset="random initialisation ([model] init)")
+    adapter: str | None = path_field(unset="no adapter")  # a LoRA adapter.safetensors (or a folder holding one), merged into the checkpoint
 
 
 @attrs.define
@@ -596,6 +597,8 @@ def _check(config: Config, s: _Structurer) -> None:
         s.problem("model.drop_rate", f"must be in [0, 1), got {m.drop_rate}")
     if config.run.resume not in ("none", "auto") and not config.run.resume:
         s.problem("run.resume", "none, auto or a checkpoint path")
+    if config.init.adapter is not None and config.init.checkpoint is None:
+        s.problem("init.adapter", "needs init.checkpoint: the base model the adapter was trained on")
     if config.run.threads is not None and config.run.threads < 1:
         s.problem("run.threads", f"must be >= 1, got {config.run.threads}")
     t = config.train

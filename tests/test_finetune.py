@@ -222,6 +222,20 @@ def test_adapter_file_is_small_and_merges_into_the_base_as_the_checkpoint(tmp_pa
         assert torch.equal(got[name], expected[name]), name  # the same merge, on the same numbers
 
 
+def test_init_adapter_merges_the_adapter_into_the_init_checkpoint(tmp_path):
+    from gptkit.runs import setup_run
+
+    gptkit.run(run_config(tmp_path, LORA, "train.max_steps=3"))
+    ckpt = checkpoint.step_dir(tmp_path / "run", 3)
+    expected = load_file(ckpt / checkpoint.WEIGHTS)
+    for adapter in (ckpt, ckpt / ADAPTER):  # the folder holding it, or the file
+        run = setup_run(run_config(tmp_path, "{name = 'full'}", f"init.adapter={adapter}", f"run.out_dir={tmp_path / 'other'}"))
+        got = checkpoint.model_state_for_saving(run.model)
+        assert all(torch.equal(got[name], expected[name]) for name in expected)
+    with pytest.raises(ConfigError, match="init.adapter: needs init.checkpoint"):
+        tiny_config(tmp_path, f"init.adapter={ckpt}")
+
+
 def test_bad_adapter_files_name_the_file_and_the_tensor(tmp_path):
     model = tiny_gpt()
     good = {"blocks.0.attn.qkv.lora_a": torch.zeros(4, 32), "blocks.0.attn.qkv.lora_b": torch.zeros(96, 4)}
