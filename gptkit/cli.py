@@ -170,6 +170,26 @@ def export(source: str, directory: str, fmt: str) -> None:
     click.echo(writer.save(load_source(source), target))
 
 
+def sampling_options(command):
+    """--sampler, --temperature, --top-k, --top-p, --seed: how `generate` and `chat` pick tokens."""
+    options = [
+        click.option("--sampler", help="A registered sampler. Default: greedy, or top-k / top-p when their options are given."),
+        click.option("--temperature", type=float),
+        click.option("--top-k", type=int),
+        click.option("--top-p", type=float),
+        click.option("--seed", type=int, help="Seed of the sampler's random generator: the same seed gives the same text."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def device_options(command):
+    """--device and --threads, for the commands that run a model."""
+    command = click.option("--threads", type=click.IntRange(min=1), help="torch's intra-op threads (default: torch's own choice).")(command)
+    return click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")(command)
+
+
 @cli.command("eval")
 @click.argument("source", required=False)
 @click.option("--text", "text_file", type=click.Path(dir_okay=False), help="UTF-8 text file to score (needs SOURCE).")
@@ -177,8 +197,7 @@ def export(source: str, directory: str, fmt: str) -> None:
 @click.option("--scorer", "scorer_names", multiple=True,
               help="With --responses: a registered scorer (repeat). Default: the [eval] scorers of the config.toml beside the file, else exact-match.")
 @click.option("--stride", type=int, help="Window stride in tokens for texts longer than the context (default: the context).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
-@click.option("--threads", type=click.IntRange(min=1), help="torch's intra-op threads (default: torch's own choice).")
+@device_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (loss, perplexity, tokens; or the scores).")
 def eval_command(source, text_file, responses_file, scorer_names, stride, device, threads, as_json) -> None:
     """Loss and perplexity of SOURCE's model on a text (--text; no token prepended), or the scores
@@ -233,17 +252,12 @@ def rescore(path: Path, scorer_names: tuple[str, ...], as_json: bool) -> None:
 @click.argument("source")
 @click.option("--prompt", "prompts", multiple=True, help="Text to continue; repeat for a batch. Default: all of stdin.")
 @click.option("--max-new-tokens", type=click.IntRange(min=0), default=50, show_default=True)
-@click.option("--sampler", help="A registered sampler. Default: greedy, or top-k / top-p when their options are given.")
-@click.option("--temperature", type=float)
-@click.option("--top-k", type=int)
-@click.option("--top-p", type=float)
-@click.option("--seed", type=int, help="Seed of the sampler's random generator: the same seed gives the same text.")
+@sampling_options
 @click.option("--stream", is_flag=True, help="Print the text as the tokens come (one prompt).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON line per prompt: prompt, text, token_ids, new_tokens, tokens_per_s.")
 @click.option("--ignore-eos", is_flag=True, help="Keep going past end-of-text.")
 @click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
-@click.option("--threads", type=click.IntRange(min=1), help="torch's intra-op threads (default: torch's own choice).")
+@device_options
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the decoding step (for GPUs; on CPU it is slower).")
 def generate(source, prompts, max_new_tokens, sampler, temperature, top_k, top_p, seed, stream, as_json, ignore_eos, dtype, device, threads, compile_):
     """Continue text with the model SOURCE (a run, checkpoint or model folder, or a model name).
@@ -297,13 +311,8 @@ def generate(source, prompts, max_new_tokens, sampler, temperature, top_k, top_p
 @click.argument("source")
 @click.option("--prompt-format", "format_name", help="A registered prompt format. Default: the one the model was fine-tuned with.")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--sampler", help="A registered sampler. Default: greedy, or top-k / top-p when their options are given.")
-@click.option("--temperature", type=float)
-@click.option("--top-k", type=int)
-@click.option("--top-p", type=float)
-@click.option("--seed", type=int, help="Seed of the sampler's random generator.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
-@click.option("--threads", type=click.IntRange(min=1), help="torch's intra-op threads (default: torch's own choice).")
+@sampling_options
+@device_options
 def chat(source, format_name, max_new_tokens, sampler, temperature, top_k, top_p, seed, device, threads) -> None:
     """Talk to an instruction-tuned model SOURCE in its prompt format, one instruction at a time.
 
