@@ -152,6 +152,7 @@ class TrainSection:
     keep_checkpoints: int = 2
     early_stopping_patience: int = 0  # evaluations without a better val_loss; 0: never stop early
     save_best: bool = True  # keep checkpoints/best: the model with the lowest val_loss so far
+    group_by_length: bool = False  # batch examples of similar length together (less padding; see training.epoch_order)
 
 
 @attrs.define

@@ -66,9 +66,23 @@ def lr_at(step: int, *, lr: float, schedule: str, warmup_steps: int, total_steps
     return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    """The example order of one epoch: a permutation that depends only on (seed, epoch)."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).tolist()
+def epoch_order(n: int, seed: int, epoch: int, lengths: Sequence[int] | None = None, batch_size: int = 1) -> list[int]:
+    """The example order of one epoch: a permutation that depends only on (seed, epoch).
+
+    With `lengths` (train.group_by_length), examples of similar length share a batch, so batches,
+    padded to their longest, carry less padding: the permutation is cut into windows of 64 batches,
+    each window sorted by length and cut into batches, and the full batches are shuffled (the
+    megabatch scheme of transformers' LengthGroupedSampler). An incomplete last batch stays last,
+    where the engine drops it."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(n, generator=generator).tolist()
+    if lengths is None:
+        return order
+    window = 64 * batch_size
+    grouped = [i for start in range(0, n, window) for i in sorted(order[start : start + window], key=lambda i: -lengths[i])]
+    batches = [grouped[start : start + batch_size] for start in range(0, n - n % batch_size, batch_size)]
+    shuffled = [batches[b] for b in torch.randperm(len(batches), generator=generator).tolist()]
+    return [i for batch in shuffled for i in batch] + grouped[n - n % batch_size :]
 
 
 class MetricsLog:
@@ -309,6 +323,7 @@ class Trainer:
         total_steps = t.epochs * self.steps_per_epoch
         total_steps = min(total_steps, t.max_steps) if t.max_steps else total_steps
         self.train_eval_order = epoch_order(len(train_set), config.run.seed, -1)
+        lengths = [len(example.input_ids) for example in train_set] if t.group_by_length else None
         self.finetune = registry.finetune.build(t.finetune, run.ctx)
         self.finetune.prepare(run.model)
         self.optimizer = build_optimizer(run.model, lr=t.lr, weight_decay=t.weight_decay, betas=t.betas, device=self.device)
@@ -337,7 +352,7 @@ class Trainer:
                 while self.step < total_steps:
                     epoch, position = divmod(self.step, self.steps_per_epoch)
                     if position == 0 or not order:
-                        order = epoch_order(len(train_set), config.run.seed, epoch)
+                        order = epoch_order(len(train_set), config.run.seed, epoch, lengths, t.batch_size)
                     self.lr = lr_at(self.step, lr=t.lr, schedule=t.lr_schedule, warmup_steps=t.warmup_steps, total_steps=total_steps, min_lr=t.min_lr)
                     started = time.perf_counter()
                     ids = order[position * t.batch_size : (position + 1) * t.batch_size]

@@ -141,3 +141,32 @@ def test_eval_rescores_a_responses_file(quick_run, tmp_path):
     perfect.write_text(json.dumps([{"output": "x"}]), encoding="utf-8")
     bad = gptkit_cli("eval", "--responses", str(perfect))
     assert bad.returncode == 2 and "record 0 has no string model_response" in bad.stderr
+
+
+def test_the_loss_uses_the_collators_ignore_index(tmp_path):
+    """Padding targets hold the collator's ignore_index, whatever it is; -1 used to crash the loss."""
+    losses = {}
+    for ignore in (-100, -1):
+        out = tmp_path / str(ignore)
+        gptkit.run(load_config(EXPERIMENTS / "quickstart.toml", [
+            f"run.out_dir={out}", "train.max_steps=2", "data.dataset.count=200", "run.threads=1", "train.precision=fp32",
+            f"data.collator.ignore_index={ignore}", "eval.max_new_tokens=2",
+        ]))
+        losses[ignore] = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert losses[-1] == losses[-100]
+
+
+def test_a_judge_that_is_down_still_leaves_every_other_output(tmp_path):
+    from gpt2_fixtures import closed_port_url
+
+    out = tmp_path / "run"
+    result = gptkit_cli(
+        "run", str(EXPERIMENTS / "quickstart.toml"), f"run.out_dir={out}", "train.max_steps=2", "data.dataset.count=200",
+        "run.threads=1", "eval.max_new_tokens=2",
+        f"eval.scorers=[{{name = 'exact-match'}}, {{name = 'ollama-judge', url = '{closed_port_url()}'}}]",
+    )
+    assert result.returncode == 0, result.stderr
+    scores = json.loads((out / "scores.json").read_text(encoding="utf-8"))
+    assert scores["exact-match"]["n"] == 20 and scores["ollama-judge"]["mean"] is None and scores["ollama-judge"]["error"]
+    assert "warning: scorer ollama-judge:" in result.stderr and "ollama-judge: failed:" in result.stdout
+    assert (out / "responses.json").is_file()
