@@ -18,7 +18,7 @@ import torch
 
 from gptkit import plugins as plugin_manager
 from gptkit.config import Component, load_config, show_toml
-from gptkit.errors import GptkitError
+from gptkit.errors import GptkitError, RunInterrupted
 from gptkit.evaluation import text_loss
 from gptkit.files import read_text
 from gptkit.generation import stream_text, text_generation
@@ -36,6 +36,9 @@ class GptkitGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except RunInterrupted as exc:
+            click.echo(str(exc), err=True)
+            sys.exit(exc.exit_code)
         except GptkitError as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 traceback.print_exc()
