@@ -1,6 +1,6 @@
 """Run-folder integrity: one writer per folder, write failures that name the file and what is intact,
 damaged checkpoints skipped for intact ones, what a kill leaves cleared, metrics cut short, settings
-changed on resume, file modes. (SIGKILL and resume: test_soak_kill_resume.py.)"""
+changed on resume, file modes, and Ctrl-C while gptkit starts. (SIGKILL and resume: test_soak_kill_resume.py.)"""
 
 from __future__ import annotations
 
@@ -377,3 +377,20 @@ def test_every_file_of_a_run_follows_the_umask(tmp_path):
     modes = {p.relative_to(tmp_path).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "run").rglob("*")}
     assert "run/checkpoints/step-000002/model.safetensors" in modes and "run/checkpoints/best/checksums.json" in modes
     assert {name: mode for name, mode in modes.items() if mode != (0o750 if (tmp_path / name).is_dir() else 0o640)} == {}
+
+
+# --- Ctrl-C while gptkit starts ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("delay", [0.3, 1.2, 2.5])
+def test_ctrl_c_while_gptkit_starts_prints_no_traceback(tmp_path, delay):
+    """The console script imports torch and the plugins first (seconds): Ctrl-C then, or in the
+    run's setup, ends with exit 130 and no traceback."""
+    script = Path(sys.executable).with_name("gptkit")
+    argv = [str(script), *cli_run(tmp_path, f"run.out_dir={tmp_path / 'run'}", "train.epochs=400")[3:]]  # still running at 2.5 s
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == "interrupted" or "resume with: gptkit run" in err

@@ -6,6 +6,7 @@ import errno
 import json
 import math
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -159,6 +160,19 @@ def test_sigint_saves_a_checkpoint_exits_130_and_resumes_exactly(tmp_path):
     for out_dir, extra in ((stopped, [f"run.resume={saved[0]}"]), (full, [])):
         subprocess.run(cli_run(tmp_path, "train.epochs=40", f"run.out_dir={out_dir}", f"train.max_steps={n}", *extra), check=True, capture_output=True)
     assert losses(stopped) == losses(full)
+
+
+def test_sigterm_exits_143_and_the_resume_command_under_debug_reproduces_the_run(tmp_path):
+    out = tmp_path / "run"
+    code, _, err = signal_after_steps(cli_run(tmp_path, "train.epochs=10", f"run.out_dir={out}", options=["--debug"]), out, signal.SIGTERM)
+    assert code == 143, err
+    (command,) = [line.removeprefix("resume with: ") for line in err.splitlines() if line.startswith("resume with: ")]
+    argv = shlex.split(command)
+    assert argv[:3] == ["gptkit", "--debug", "run"] and "train.epochs=10" in argv and f"run.out_dir={out}" in argv
+    resumed = subprocess.run([sys.executable, "-m", "gptkit", *argv[1:]], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    steps = [r["step"] for r in rows(out)]
+    assert steps == list(range(1, steps[-1] + 1)) and rows(out)[-1]["epoch"] == 10.0
 
 
 def test_interrupted_run_raises_run_interrupted_in_process(tmp_path, monkeypatch):
