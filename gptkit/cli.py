@@ -1,4 +1,6 @@
 """The `gptkit` command line. Input errors print one line on stderr and exit 2; `--debug` shows tracebacks.
+A run stopped by Ctrl-C or SIGTERM after saving its checkpoint exits 130 or 143 (128 + the signal);
+Ctrl-C at any other moment prints `interrupted` and exits 130, never a traceback.
 
 Shell completion (click): `eval "$(_GPTKIT_COMPLETE=bash_source gptkit)"` (zsh_source, fish_source).
 """
@@ -23,11 +25,12 @@ import torch
 
 from gptkit import plugins as plugin_manager
 from gptkit.config import Component, load_config, show_toml
-from gptkit.errors import GptkitError
+from gptkit.errors import GptkitError, RunInterrupted
 from gptkit.evaluation import result_line, score_responses, text_loss
 from gptkit.files import read_text
 from gptkit.generation import stream_text, text_generation
 from gptkit.interfaces import Context
+from gptkit.interrupts import interrupts_deferred
 from gptkit.plugins import GptkitWarning, registry
 from gptkit.runs import resolve_device, run as run_config
 from gptkit.sources import load_model, load_model_and_prompt, load_source
@@ -41,6 +44,9 @@ class GptkitGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except RunInterrupted as exc:
+            click.echo(str(exc), err=True)
+            sys.exit(exc.exit_code)
         except GptkitError as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 traceback.print_exc()
@@ -70,10 +76,14 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @cli.command()
 @click.argument("experiment", type=click.Path(dir_okay=False))
 @click.argument("overrides", nargs=-1)
-def run(experiment: str, overrides: tuple[str, ...]) -> None:
-    """Run EXPERIMENT.toml, with KEY=VALUE (or ~KEY) overrides."""
+@click.pass_context
+def run(ctx: click.Context, experiment: str, overrides: tuple[str, ...]) -> None:
+    """Run EXPERIMENT.toml, with KEY=VALUE (or ~KEY) overrides.
+
+    Ctrl-C or SIGTERM saves a checkpoint, prints the command that resumes, and exits 130 or 143."""
     config = load_config(experiment, overrides)
-    command = ["gptkit", "run", experiment, *overrides]  # recorded in config.toml; the resume hint repeats it
+    # The command line as given, global options included: config.toml records it, the resume hint repeats it.
+    command = ["gptkit", *ctx.obj.get("argv", ["run", experiment, *overrides])]
     run_config(attrs.evolve(config, provenance={**config.provenance, "command": command}))
 
 
@@ -375,12 +385,15 @@ _python_show_warning = warnings.showwarning
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The console script: click's own usage errors get gptkit's `error:` prefix too."""
-    warnings.showwarning = _show_warning
-    plugin_manager.hook().register_commands(cli=cli)
+    """The console script: click's own usage errors get gptkit's `error:` prefix too, and Ctrl-C
+    while plugins load is as quiet as at any other moment (see gptkit.interrupts)."""
     try:
-        code = cli.main(args=argv, prog_name="gptkit", standalone_mode=False)
-    except click.exceptions.Abort:
+        argv = sys.argv[1:] if argv is None else list(argv)
+        warnings.showwarning = _show_warning
+        with interrupts_deferred():
+            plugin_manager.hook().register_commands(cli=cli)
+        code = cli.main(args=argv, prog_name="gptkit", standalone_mode=False, obj={"argv": argv})
+    except (KeyboardInterrupt, click.exceptions.Abort):
         click.echo("interrupted", err=True)
         sys.exit(130)
     except click.ClickException as exc:

@@ -92,6 +92,7 @@ class RunSection:
     recipe: str = kind("recipe")
     out_dir: str | None = unset("runs/<name>, relative to the working directory")
     resume: str = "none"  # none | auto | PATH
+    resume_changes: Literal["refuse", "allow"] = "refuse"  # settings that alter the trajectory, changed on resume
     seed: int = 123
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     threads: int | None = unset("torch's own choice of intra-op threads")

@@ -22,3 +22,34 @@ class ConfigError(GptkitError):
 
 class RegistryError(GptkitError):
     """A name registered twice, or looked up but not registered."""
+
+
+class WriteError(GptkitError):
+    """A file of gptkit's could not be written; the message names it and says why in plain words."""
+
+    def __init__(self, path, reason: str):
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: cannot write: {reason}")
+
+
+class CorruptCheckpoint(GptkitError):
+    """A saved model or checkpoint whose files are missing, truncated or do not match their checksums."""
+
+
+class RunInterrupted(Exception):
+    """A run stopped by SIGINT (Ctrl-C) or SIGTERM after saving a checkpoint, as `gptkit.run()` raises it.
+
+    Not a GptkitError: the run did nothing wrong and can go on. `checkpoint` is the saved folder,
+    `step` its step, `signal` the signal's number, `metrics` the last metrics row, `resume_command`
+    the command line that continues the run; the CLI exits with 128 + the signal's number (130, 143).
+    """
+
+    def __init__(self, *, checkpoint, step: int, signal: int, metrics: dict, resume_command: str):
+        self.checkpoint = checkpoint
+        self.step = step
+        self.signal = signal
+        self.metrics = metrics
+        self.resume_command = resume_command
+        self.exit_code = 128 + signal
+        super().__init__(f"interrupted at step {step}; checkpoint saved to {checkpoint}\nresume with: {resume_command}")

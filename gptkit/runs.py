@@ -5,11 +5,17 @@ the device and thread count, seed, find the run folder, build the tokenizer and 
 Context), build the model and check that it fits the tokenizer, and resolve the precision. Nothing is
 written yet: a run that fails while setting up leaves no folder behind. The recipe calls
 `run.write_config()` when its real work starts; that writes config.toml (the resolved config plus
-provenance) and so creates the run folder. `gptkit.run(config)` dispatches to the config's recipe.
+provenance) and so creates the run folder, which the run holds locked (gptkit.lock) from then on.
+`gptkit.run(config)` dispatches to the config's recipe and releases the folders it set up.
+
+On resume, `Run.check_resume` compares the settings the checkpoint was trained with against the
+new ones: it is the one place that decides whether a checkpoint belongs to this run.
 """
 
 from __future__ import annotations
 
+import contextvars
+import json
 import os
 import platform
 import random
@@ -29,6 +35,7 @@ from gptkit.config import Config, ModelSection, to_raw
 from gptkit.errors import GptkitError
 from gptkit.files import atomic_write_text
 from gptkit.interfaces import Context
+from gptkit.lock import FolderLock
 from gptkit.model import GPT, GPTConfig
 from gptkit.plugins import registry
 from gptkit.presets import PRESETS, SIZE_KEYS, resolve_preset
@@ -43,7 +50,8 @@ class Run:
     components were built with (tokenizer, prompt format, model_config); `model` the model (the
     module that trains, unwrapped); `precision` what `train.precision` resolved to here (fp32, bf16
     or fp16); `step` the last finished optimizer step; `rank` / `world_size` this process's place among
-    the processes of the run (0 / 1 for one process); `is_main` whether this process writes the folder.
+    the processes of the run (0 / 1 for one process); `is_main` whether this process writes the
+    folder, which it holds locked from `claim_folder` to `close`.
     """
 
     config: Config
@@ -55,6 +63,7 @@ class Run:
     step: int = 0
     rank: int = 0
     world_size: int = 1
+    folder_lock: FolderLock | None = None
 
     @property
     def is_main(self) -> bool:
@@ -64,11 +73,51 @@ class Run:
     def tokenizer(self):
         return self.ctx.tokenizer
 
+    def claim_folder(self) -> None:
+        """Create the run folder and lock it for this process (the main one), once: a second run
+        writing the same folder is refused, naming this one."""
+        if self.is_main and self.folder_lock is None:
+            lock = FolderLock(self.out_dir)
+            lock.acquire()
+            self.folder_lock = lock
+
+    def close(self) -> None:
+        """Release the run folder (`gptkit.run` does it when the recipe returns or fails)."""
+        if self.folder_lock is not None:
+            self.folder_lock.release()
+            self.folder_lock = None
+
     def write_config(self) -> None:
-        """config.toml: the resolved config plus provenance, written atomically (creates the folder)."""
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        """config.toml: the resolved config plus provenance, written atomically (claims the folder)."""
+        if not self.is_main:
+            return
+        self.claim_folder()
         info = {**self.config.provenance, **provenance(self.device), "precision": self.precision, "world_size": self.world_size}
         atomic_write_text(self.out_dir / "config.toml", config_toml(attrs.evolve(self.config, provenance=info)))
+
+    def check_resume(self, checkpoint: Path, step: int, saved: dict[str, Any] | None, facts: dict[str, tuple[Any, Any]]) -> list[str]:
+        """Compare the settings `checkpoint` (of `step`) was trained with, `saved` (a raw config as
+        `to_raw` gives, with its provenance; None in a checkpoint older than this check), against
+        this run's, before resuming from there. `facts` are values the engine derives, as (then,
+        now): the steps per epoch tell a changed data file.
+
+        Changes that alter the trajectory (see `trajectory_changes`) are refused with the list of
+        them, unless `run.resume_changes = "allow"`. Every change is recorded with the step in
+        provenance.resumes, oldest first, which config.toml keeps. Returns the changes."""
+        altering, free = trajectory_changes(saved, to_raw(self.config)) if saved is not None else ([], [])
+        altering += [f"{name}: {then} -> {now}" for name, (then, now) in facts.items() if then != now]
+        if altering and self.config.run.resume_changes != "allow":
+            raise GptkitError(
+                f"run.resume: {checkpoint} was trained with other settings; these would change the run's course:\n"
+                + "".join(f"  {line}\n" for line in altering)
+                + "resume with the settings it was trained with, or set run.resume_changes=allow to go on with "
+                "these (config.toml records them and the step), or start anew in another run.out_dir"
+            )
+        history = list((saved or {}).get("provenance", {}).get("resumes", []))
+        if altering or free:
+            history.append({"step": step, "checkpoint": os.path.abspath(checkpoint), "changes": altering + free})
+        self.config = attrs.evolve(self.config, provenance={**self.config.provenance, "resumes": history})
+        return altering + free
 
     def resume_command(self, checkpoint: Path) -> str:
         """The command line that continues this run from `checkpoint`: the one that started it
@@ -80,6 +129,9 @@ class Run:
         return shlex.join([*kept, f"run.resume={checkpoint}"])
 
 
+_open_runs: contextvars.ContextVar[list[Run] | None] = contextvars.ContextVar("gptkit_open_runs", default=None)
+
+
 def setup_run(config: Config) -> Run:
     """Everything a recipe needs before its own work (see the module docstring); writes nothing."""
     device = resolve_device(config.run.device)
@@ -89,13 +141,26 @@ def setup_run(config: Config) -> Run:
     out_dir = Path(config.run.out_dir or os.path.join("runs", config.run.name))
     ctx = build_context(config, device, out_dir)
     model = build_model(config, ctx)
-    return Run(config, out_dir, device, ctx, model, precision=resolve_precision(config.train.precision, device))
+    run = Run(config, out_dir, device, ctx, model, precision=resolve_precision(config.train.precision, device))
+    opened = _open_runs.get()
+    if opened is not None:
+        opened.append(run)
+    return run
 
 
 def run(config: Config) -> dict[str, Any]:
-    """Run a resolved config with its recipe; returns the recipe's final metrics."""
+    """Run a resolved config with its recipe; returns the recipe's final metrics. The run folders
+    the recipe set up are released when it returns or fails. A training run stopped by SIGINT or
+    SIGTERM raises gptkit.errors.RunInterrupted once its checkpoint is saved."""
     recipe = registry.recipe.get(config.run.recipe).factory
-    return recipe(config)
+    opened: list[Run] = []
+    token = _open_runs.set(opened)
+    try:
+        return recipe(config)
+    finally:
+        _open_runs.reset(token)
+        for each in opened:
+            each.close()
 
 
 # --- the pieces of the setup --------------------------------------------------------------------
@@ -203,6 +268,59 @@ def model_config_from(section: ModelSection, base: GPTConfig | None = None) -> G
         norm=section.norm,
         feedforward=section.feedforward,
     )
+
+
+# --- resuming with changed settings ----------------------------------------------------------------
+
+# Keys (or whole tables) whose change on resume leaves the weights at every step as they were:
+# where the run writes, how often it evaluates and saves, what it samples, scores and reports.
+# Every other key alters the trajectory (model, init, data, batch, optimizer, schedule, seed,
+# precision, finetune), a plugin's parameters included. The device is free: moving a run to another
+# machine does not make it another experiment.
+FREE_ON_RESUME = (
+    "run.name", "run.out_dir", "run.device", "run.threads",
+    "train.eval_every", "train.eval_batches", "train.checkpoint_every", "train.keep_checkpoints",
+    "train.save_best", "train.early_stopping_patience", "train.compile",
+    "generate", "eval", "track",
+)
+# Not settings of the run itself: how this start continues it, and what gptkit records about it.
+NOT_COMPARED = ("run.resume", "run.resume_changes", "provenance")
+# The run's length: free with a constant learning rate, but it stretches a cosine schedule.
+FREE_WITH_CONSTANT_LR = ("train.max_steps", "train.epochs")
+
+
+def trajectory_changes(then: dict[str, Any], now: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(changes that alter the trajectory, changes that do not) from raw config `then` to `now`,
+    each as `dotted.key: old -> new`."""
+    old, new = flatten(then), flatten(now)
+    constant = old.get("train.lr_schedule") == new.get("train.lr_schedule") == "constant"
+    altering, free = [], []
+    for key in sorted(old.keys() | new.keys()):
+        if old.get(key) == new.get(key) or under(key, NOT_COMPARED):
+            continue
+        line = f"{key}: {show(old.get(key))} -> {show(new.get(key))}"
+        is_free = under(key, FREE_ON_RESUME) or (constant and under(key, FREE_WITH_CONSTANT_LR))
+        (free if is_free else altering).append(line)
+    return altering, free
+
+
+def flatten(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested tables as one level of dotted keys (`{"train": {"lr": 1}}` -> `{"train.lr": 1}`)."""
+    flat: dict[str, Any] = {}
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def under(key: str, prefixes: tuple[str, ...]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def show(value: Any) -> str:
+    return "unset" if value is None else json.dumps(value)
 
 
 # --- config.toml ----------------------------------------------------------------------------------

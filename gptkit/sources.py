@@ -3,7 +3,8 @@
 gptkit's own folders are read here; anything else is offered to each registered checkpoint loader
 (`can_load(source)`), so a plugin can add a format or a hub. A run folder gives its latest
 checkpoint (`checkpoints/step-N`), or the model a non-training recipe saved (`model/`); its best
-model by val_loss is the folder `checkpoints/best`, a SOURCE of its own.
+model by val_loss is the folder `checkpoints/best`, a SOURCE of its own. A damaged checkpoint of a
+run folder is skipped, with a warning, for the newest intact one.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from gptkit.checkpoint import is_model_dir, load_model_files, run_model_dir
+from gptkit.checkpoint import load_folder
 from gptkit.config import Component
 from gptkit.errors import GptkitError
 from gptkit.interfaces import Context, LoadedModel
@@ -26,9 +27,9 @@ def load_source(source: str | Path, ctx: Context | None = None) -> LoadedModel:
     ctx = ctx or Context()
     path = Path(source)
     if path.is_dir():
-        model_dir = path if is_model_dir(path) else run_model_dir(path)
-        if model_dir is not None:
-            return load_model_files(model_dir, ctx)
+        loaded = load_folder(path, ctx)
+        if loaded is not None:
+            return loaded
     elif looks_like_path(str(source)):
         raise GptkitError(missing_folder_message(path))
     for entry in registry.checkpoint.entries():

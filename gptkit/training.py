@@ -5,13 +5,18 @@ its own examples and collator with the run's context, and calls
 `Trainer(run).fit(train_set, val_set, collator)`.
 The engine owns the rest: the `[train] finetune` strategy, AdamW with weight-decay groups, the LR
 schedule, gradient accumulation and clipping, mixed precision, evaluation, samples, metrics.jsonl,
-loss.png, checkpoints, exact resume, Ctrl-C, and the training-event hooks.
+loss.png, checkpoints, exact resume, Ctrl-C and SIGTERM, and the training-event hooks.
 
 Semantics follow the original scripts (llms-from-scratch ch05 `train_model_simple`): one optimizer
 step per `batch_size` examples, incomplete last batches dropped; evaluation after the first step and
 every `eval_every` steps after it, as eval-mode means over `eval_batches` batches of each split; a
 sample at each epoch end (and at the last step); `tokens_seen` counts input tokens. Resume is exact: the data order of an
 epoch is a function of (seed, epoch), and the checkpoint holds the RNG and optimizer states.
+
+The run folder is claimed (locked) before anything in it is read or written, then cleared of what a
+killed run left; resume takes the newest intact checkpoint, after `Run.check_resume` has compared
+its settings with the new ones. A file that cannot be written stops the run with an error naming it
+and the last intact checkpoint. SIGINT or SIGTERM saves a checkpoint and raises RunInterrupted.
 """
 
 from __future__ import annotations
@@ -20,8 +25,10 @@ import contextlib
 import json
 import math
 import signal
+import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -29,9 +36,10 @@ import torch
 from tqdm import tqdm
 
 from gptkit import checkpoint, plugins
-from gptkit.errors import GptkitError
+from gptkit.config import to_raw
+from gptkit.errors import GptkitError, RunInterrupted, WriteError
 from gptkit.evaluation import lm_loss
-from gptkit.files import atomic_write_text
+from gptkit.files import append_text, atomic_write_text
 from gptkit.generation import generate
 from gptkit.interfaces import Batch, Example
 from gptkit.plotting import plot_losses
@@ -86,47 +94,71 @@ def epoch_order(n: int, seed: int, epoch: int, lengths: Sequence[int] | None = N
 
 
 class MetricsLog:
-    """metrics.jsonl: one JSON row per step. On resume, rows after the checkpoint's step are dropped."""
+    """metrics.jsonl: one JSON row per step, appended whole or not at all. On resume, rows after the
+    checkpoint's step are dropped (see `read_metrics`)."""
 
     def __init__(self, path: Path, keep_through: int | None):
         self.path = path
         self.rows: list[dict[str, Any]] = []
         if keep_through is not None and path.is_file():
-            with open(path, encoding="utf-8") as f:
-                self.rows = [r for r in map(json.loads, filter(str.strip, f)) if r["step"] <= keep_through]
+            self.rows = [r for r in read_metrics(path) if r["step"] <= keep_through]
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in self.rows))
-        self.file = open(path, "a", encoding="utf-8")
 
     def write(self, row: dict[str, Any]) -> None:
+        append_text(self.path, json.dumps(row) + "\n")
         self.rows.append(row)
-        self.file.write(json.dumps(row) + "\n")
-        self.file.flush()
 
-    def close(self) -> None:
-        self.file.close()
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The rows of a metrics.jsonl. A last line with no newline after it is a write cut short (a
+    kill, a full disk): it is dropped with a warning. Any other bad line is an error naming it."""
+    lines = path.read_bytes().split(b"\n")
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or type(row.get("step")) is not int:
+                raise ValueError("a row is a JSON object with an integer step")
+        except ValueError as exc:  # also bad UTF-8 and bad JSON
+            if number == len(lines):
+                warnings.warn(f"{path}: line {number}, the last, was cut short by an interrupted write; dropped it", plugins.GptkitWarning)
+                break
+            raise GptkitError(f"{path}: line {number} is not a metrics row ({exc}); correct or delete that line") from None
+        rows.append(row)
+    return rows
 
 
 class StopRequest:
-    """While active, Ctrl-C (SIGINT) asks the loop to stop after the current step; a second one aborts."""
+    """While active, SIGINT (Ctrl-C) and SIGTERM (sent by schedulers, `wandb agent` and torchrun)
+    ask the loop to stop after the current step and save; a second signal aborts at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
-        self.requested = False
-        self.previous: Any = None
+        self.signal: int | None = None
+        self.previous: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self.handle)
+            self.previous = {s: signal.signal(s, self.handle) for s in self.SIGNALS}
         return self
 
     def handle(self, signum, frame) -> None:
         if self.requested:
             raise KeyboardInterrupt
-        self.requested = True
-        tqdm.write("interrupt: stopping after this step and saving a checkpoint (Ctrl-C again to abort)")
+        self.signal = signum
+        tqdm.write(f"{signal.Signals(signum).name}: stopping after this step and saving a checkpoint (a second one aborts)", file=sys.stderr)
 
     def __exit__(self, *exc) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for s, previous in self.previous.items():
+            if previous is not None:
+                signal.signal(s, previous)
 
 
 # --- the engine ---------------------------------------------------------------------------------
@@ -140,12 +172,7 @@ class Trainer:
         self.config = run.config
         self.device = run.device
         self.out_dir = run.out_dir
-        self.resume_from = checkpoint.resume_path(run.config.run.resume, run.out_dir)
-        if run.config.run.resume == "none" and checkpoint.step_checkpoints(run.out_dir):
-            raise GptkitError(
-                f"{run.out_dir} holds checkpoints of an earlier run; continue it with run.resume=auto, "
-                "or start anew in another run.out_dir (or delete that folder)"
-            )
+        self.resume_from: Path | None = None
         self.tokens_seen = 0
         self.best_val_loss = math.inf
         self.evals_since_best = 0
@@ -246,6 +273,7 @@ class Trainer:
             "best_val_loss": self.best_val_loss,
             "evals_since_best": self.evals_since_best,
             "finetune": self.finetune.trained_state(self.model),
+            "config": to_raw(self.run.config),  # what Run.check_resume compares on resume
         }
 
     def model_files(self) -> dict[str, Any]:
@@ -263,19 +291,40 @@ class Trainer:
             path = checkpoint.save_checkpoint(
                 self.out_dir, self.step, self.model, self.run.tokenizer, self.state(), self.config.train.keep_checkpoints, **self.model_files()
             )
-        except OSError as exc:
+        except WriteError as exc:
             kept = f"the previous checkpoint {previous[-1]} is intact" if previous else "no earlier checkpoint exists"
-            raise GptkitError(f"could not save the checkpoint of step {self.step}: {exc.strerror or exc}; {kept}") from None
+            raise GptkitError(f"could not save the checkpoint of step {self.step}: {exc}; {kept}") from None
         plugins.hook().on_checkpoint(run=self.run, step=self.step, path=path)
         return path
 
-    def load_checkpoint(self, path: Path) -> None:
-        state = checkpoint.load_training_state(path)
-        if state["steps_per_epoch"] != self.steps_per_epoch:
+    def resume(self, total_steps: int) -> bool:
+        """Load the checkpoint `run.resume` names, or the newest intact one of those it names, and
+        say in one line what happened; False when the run has nothing left to train."""
+        resume = self.config.run.resume
+        if resume == "none" and checkpoint.step_checkpoints(self.out_dir):
             raise GptkitError(
-                f"run.resume: {path} was trained with {state['steps_per_epoch']} steps per epoch, this config gives "
-                f"{self.steps_per_epoch}; the data or train.batch_size changed, so the run cannot resume exactly"
+                f"{self.out_dir} holds checkpoints of an earlier run; continue it with run.resume=auto, "
+                "or start anew in another run.out_dir (or delete that folder)"
             )
+        candidates = checkpoint.resume_candidates(resume, self.out_dir)
+        if not candidates:
+            if resume == "auto":
+                tqdm.write(f"run.resume=auto: no checkpoint in {self.out_dir} to resume from; starting at step 0")
+            return True
+        self.resume_from, changes = checkpoint.first_intact(candidates, self.load_checkpoint)
+        if self.step >= total_steps:
+            tqdm.write(f"run.resume: {self.out_dir} finished at step {self.step}; nothing left to train (raise train.max_steps or train.epochs to go on)")
+            return False
+        tqdm.write(f"resumed from {self.resume_from} (step {self.step})" + "".join(f"\n  changed: {c}" for c in changes))
+        return True
+
+    def load_checkpoint(self, path: Path) -> list[str]:
+        """Resume from `path`: its files are checked (CorruptCheckpoint) and its settings compared
+        (`Run.check_resume`) before the model and optimizer take its state. Returns the changed settings."""
+        state = checkpoint.load_training_state(path)
+        changes = self.run.check_resume(
+            path, state["step"], state.get("config"), {"steps per epoch (the data or train.batch_size)": (state["steps_per_epoch"], self.steps_per_epoch)}
+        )
         if state.get("finetune") is None:
             load_state(self.model, checkpoint.load_model_files(path, self.run.ctx).state_dict, path)
         else:
@@ -287,6 +336,14 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.run.step, self.tokens_seen = state["step"], state["tokens_seen"]
         self.best_val_loss, self.evals_since_best = state["best_val_loss"], state["evals_since_best"]
+        return changes
+
+    def intact(self) -> str:
+        """What a failed write leaves to go on from."""
+        last = checkpoint.step_checkpoints(self.out_dir)
+        if not last:
+            return "no checkpoint of this run was saved yet"
+        return f"the last checkpoint {last[-1]} is intact; resume with: {self.run.resume_command(last[-1])}"
 
     def note_eval(self, val_loss: float) -> None:
         """Track the best val_loss and count evaluations without improvement. The best weights are
@@ -314,7 +371,15 @@ class Trainer:
         collator: Callable[[list[Example]], Batch],
         sample: Callable[[], str] | None = None,
     ) -> dict[str, Any]:
-        """Train on `train_set`, evaluate on `val_set`; returns the last metrics row."""
+        """Train on `train_set`, evaluate on `val_set`; returns the last metrics row. A file that
+        cannot be written stops the run: the error names it and the last intact checkpoint."""
+        try:
+            return self.train(train_set, val_set, collator, sample)
+        except WriteError as exc:
+            raise WriteError(exc.path, f"{exc.reason}; {self.intact()}") from exc
+
+    def train(self, train_set, val_set, collator, sample) -> dict[str, Any]:
+        """`fit`, less its last word on write failures."""
         run, config, t = self.run, self.config, self.config.train
         self.train_set, self.val_set, self.collator = train_set, val_set, collator
         self.steps_per_epoch = len(train_set) // t.batch_size
@@ -333,10 +398,14 @@ class Trainer:
         self.forward = torch.compile(run.model) if t.compile else run.model
         self.sampler = registry.sampler.build(config.generate.sampler, run.ctx)
         sample = sample or self.sample
-        if self.resume_from is not None:
-            self.load_checkpoint(self.resume_from)
-            tqdm.write(f"resumed from {self.resume_from} (step {self.step})")
         trackers = [registry.tracker.build(spec, run.ctx) for spec in config.track.trackers]
+        run.claim_folder()
+        cleared = checkpoint.clean_run_folder(self.out_dir)
+        if cleared:
+            tqdm.write(f"cleared what an interrupted run left in {self.out_dir}: {', '.join(p.name for p in cleared)}")
+        if not self.resume(total_steps):
+            rows = [r for r in read_metrics(self.out_dir / "metrics.jsonl") if r["step"] <= self.step]
+            return rows[-1] if rows else {}
         run.write_config()
         metrics = MetricsLog(self.out_dir / "metrics.jsonl", self.step if self.resume_from else None)
         samples_path = self.out_dir / "samples.txt"
@@ -384,22 +453,19 @@ class Trainer:
                     if self.step % self.steps_per_epoch == 0 or self.step == total_steps:
                         text = sample()
                         tqdm.write(text.replace("\n", " "))
-                        with open(samples_path, "a", encoding="utf-8") as f:
-                            f.write(f"epoch {epoch + 1}, step {self.step}:\n{text}\n\n")
+                        append_text(samples_path, f"epoch {epoch + 1}, step {self.step}:\n{text}\n\n")
                     patience_over = t.early_stopping_patience and self.evals_since_best >= t.early_stopping_patience
                     if patience_over:
                         tqdm.write(f"early stopping: no better val_loss in {self.evals_since_best} evaluations")
                     if stop.requested or patience_over or self.step == total_steps or (t.checkpoint_every and self.step % t.checkpoint_every == 0):
                         path = self.save_checkpoint()
-                    if stop.requested:
-                        tqdm.write(f"interrupted at step {self.step}; checkpoint saved to {path}\nresume with: {run.resume_command(path)}")
-                        break
-                    if patience_over:
+                    if stop.requested or patience_over:
                         break
             plot_losses(metrics.rows, self.out_dir / "loss.png")
             plugins.hook().on_train_end(run=run, metrics=row)
         finally:
-            metrics.close()
             for tracker in trackers:
                 plugins.manager.unregister(tracker)
+        if stop.requested:  # raised once the progress bar is closed, so its message gets lines of its own
+            raise RunInterrupted(checkpoint=path, step=self.step, signal=stop.signal, metrics=row, resume_command=run.resume_command(path))
         return row

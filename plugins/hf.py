@@ -12,7 +12,6 @@ import json
 import re
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import attrs
@@ -22,7 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from gptkit import hookimpl
-from gptkit.files import fsync_file, replace_dir
+from gptkit.files import atomic_dir
 from gptkit.config import Component, path_field
 from gptkit.errors import GptkitError
 from gptkit.interfaces import Context, LoadedModel
@@ -245,21 +244,12 @@ def save_folder(loaded: LoadedModel, directory: Path) -> Path:
     eos_id = getattr(loaded.tokenizer, "eos_id", None)
     eos_id = eos_id if eos_id is not None and eos_id < config.vocab_size else None
     hf_config = config_to_hf(config, eos_id)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
+    with atomic_dir(final) as tmp:
         save_file({k: v.cpu() for k, v in to_hf(loaded.state_dict, config).items()}, str(tmp / WEIGHTS), metadata={"format": "pt"})
         (tmp / CONFIG).write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")
         if loaded.tokenizer is not None and not write_vocab_files(loaded.tokenizer, tmp):
             name = getattr(loaded.tokenizer, "name", "?")
             print(f"note: tokenizer {name!r} has no Hugging Face GPT-2 form; wrote the weights and config only", file=sys.stderr)
-        for path in tmp.iterdir():
-            fsync_file(path)
-        tmp.chmod(0o755)
-        replace_dir(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import attrs
 
 from gptkit import hookimpl
-from gptkit.checkpoint import is_model_dir, load_model_files, run_model_dir, save_model
+from gptkit.checkpoint import is_model_dir, load_folder, run_model_dir, save_model
 from gptkit.config import path_field
 from gptkit.errors import GptkitError
 from gptkit.interfaces import Context, LoadedModel
@@ -37,10 +37,10 @@ class GptkitLoader:
         path = Path(source)
         if not path.is_dir():
             raise GptkitError(f"{path}: no such folder")
-        model_dir = path if is_model_dir(path) else run_model_dir(path)
-        if model_dir is None:
+        loaded = load_folder(path, self.ctx)
+        if loaded is None:
             raise GptkitError(f"{path}: neither a gptkit model folder nor a run folder holding a model")
-        return load_model_files(model_dir, self.ctx)
+        return loaded
 
     def download(self, name: str) -> Path:
         raise GptkitError(f"{name}: gptkit model folders are local; there is nothing to download")

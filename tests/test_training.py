@@ -6,6 +6,7 @@ import errno
 import json
 import math
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 import gptkit
 from gptkit import checkpoint, plugins
 from gptkit.config import structure
-from gptkit.errors import GptkitError
+from gptkit.errors import GptkitError, RunInterrupted
 from gptkit.evaluation import text_loss
 from gptkit.training import lr_at
 
@@ -59,7 +60,7 @@ def tiny_config(tmp_path: Path, *overrides: str):
         text.write_text(TEXT, encoding="utf-8")
     import tomllib
 
-    base = [f"run.out_dir={tmp_path / 'run'}", f"data.dataset={{name = 'text', path = '{text}', cache_dir = '{tmp_path / 'cache'}'}}"]
+    base = [f"run.out_dir={tmp_path / 'run'}", f"data.dataset={{name = 'text', path = '{text}', cache_dir = '{tmp_path / 'cache'}'}}", "run.threads=1"]
     return structure(tomllib.loads(TINY), base + list(overrides))
 
 
@@ -112,37 +113,88 @@ def test_resume_drops_rows_after_the_checkpoint(tmp_path):
     assert [r["step"] for r in rows(run)] == [1, 2, 3, 4, 5]
 
 
-def test_sigint_saves_a_checkpoint_exits_0_and_resumes_exactly(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+def cli_run(tmp_path: Path, *args: str, options=(), env=None) -> list[str]:
+    """The command line `gptkit [options] run tiny.toml ...` on the tiny experiment, as a subprocess argv."""
     tiny_config(tmp_path)  # writes the text
     exp = tmp_path / "tiny.toml"
     exp.write_text(TINY, encoding="utf-8")
-    common = [f"data.dataset={{name = 'text', path = '{tmp_path / 'text.txt'}', cache_dir = '{tmp_path / 'cache'}'}}", "train.epochs=40"]
-    gptkit_cli = [sys.executable, "-m", "gptkit", "run", str(exp), *common]
+    dataset = f"data.dataset={{name = 'text', path = '{tmp_path / 'text.txt'}', cache_dir = '{tmp_path / 'cache'}'}}"
+    return [sys.executable, "-m", "gptkit", *options, "run", str(exp), dataset, "run.threads=1", *args]
 
-    stopped = tmp_path / "stopped"
-    proc = subprocess.Popen([*gptkit_cli, f"run.out_dir={stopped}"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+def signal_after_steps(argv: list[str], out_dir: Path, sig: int, steps: int = 3, **env: str) -> tuple[int, str, str]:
+    """Run `argv`, send `sig` once `steps` rows are logged; (exit code, stdout, stderr)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **env}
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while time.time() < deadline:
-        metrics = stopped / "metrics.jsonl"
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+        metrics = out_dir / "metrics.jsonl"
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= steps:
             break
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err
+    return proc.returncode, out, err
+
+
+def as_shown(stream: str) -> list[str]:
+    """The lines of a captured stream as a terminal shows them: each ends where its last \\r began."""
+    return [line.rsplit("\r", 1)[-1] for line in stream.split("\n")]
+
+
+def test_sigint_saves_a_checkpoint_exits_130_and_resumes_exactly(tmp_path):
+    stopped = tmp_path / "stopped"
+    code, out, err = signal_after_steps(cli_run(tmp_path, "train.epochs=40", f"run.out_dir={stopped}"), stopped, signal.SIGINT, TQDM_DISABLE="")
+    assert code == 130, err
     saved = checkpoint.step_checkpoints(stopped)
     assert len(saved) == 1
     k = int(saved[0].name.split("-")[1])
-    assert f"interrupted at step {k}; checkpoint saved to {saved[0]}" in out
-    assert "resume with: gptkit run" in out and f"run.resume={saved[0]}" in out
-    assert len(losses(stopped)) == k
+    shown = as_shown(err)
+    assert "SIGINT: stopping after this step and saving a checkpoint (a second one aborts)" in shown  # on a line of its own, not the bar's
+    assert f"interrupted at step {k}; checkpoint saved to {saved[0]}" in shown
+    assert any(line.startswith("resume with: gptkit run") and line.endswith(f"run.resume={saved[0]}") for line in shown)
+    assert "Traceback" not in err and len(losses(stopped)) == k
 
     n = k + 4
     full = tmp_path / "full"
     for out_dir, extra in ((stopped, [f"run.resume={saved[0]}"]), (full, [])):
-        subprocess.run([*gptkit_cli, f"run.out_dir={out_dir}", f"train.max_steps={n}", *extra], env=env, check=True, capture_output=True)
+        subprocess.run(cli_run(tmp_path, "train.epochs=40", f"run.out_dir={out_dir}", f"train.max_steps={n}", *extra), check=True, capture_output=True)
     assert losses(stopped) == losses(full)
+
+
+def test_sigterm_exits_143_and_the_resume_command_under_debug_reproduces_the_run(tmp_path):
+    out = tmp_path / "run"
+    code, _, err = signal_after_steps(cli_run(tmp_path, "train.epochs=10", f"run.out_dir={out}", options=["--debug"]), out, signal.SIGTERM)
+    assert code == 143, err
+    (command,) = [line.removeprefix("resume with: ") for line in err.splitlines() if line.startswith("resume with: ")]
+    argv = shlex.split(command)
+    assert argv[:3] == ["gptkit", "--debug", "run"] and "train.epochs=10" in argv and f"run.out_dir={out}" in argv
+    resumed = subprocess.run([sys.executable, "-m", "gptkit", *argv[1:]], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    steps = [r["step"] for r in rows(out)]
+    assert steps == list(range(1, steps[-1] + 1)) and rows(out)[-1]["epoch"] == 10.0
+
+
+def test_interrupted_run_raises_run_interrupted_in_process(tmp_path, monkeypatch):
+    """gptkit.run() tells a cut run from a finished one: RunInterrupted, with the checkpoint and signal."""
+    from gptkit.training import Trainer
+
+    real = Trainer.train_step
+
+    def step_then_signal(self, examples):
+        result = real(self, examples)
+        if self.step == 2:  # the third step: the handler is installed, as for a real Ctrl-C
+            os.kill(os.getpid(), signal.SIGINT)
+        return result
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_signal)
+    with pytest.raises(RunInterrupted) as caught:
+        gptkit.run(tiny_config(tmp_path, "train.max_steps=8"))
+    stopped = caught.value
+    assert stopped.step == 3 and stopped.signal == signal.SIGINT and stopped.exit_code == 130
+    assert stopped.checkpoint == tmp_path / "run" / "checkpoints" / "step-000003" and stopped.metrics["step"] == 3
+    assert "run.resume=" in stopped.resume_command
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers are put back
 
 
 def test_out_dir_with_another_runs_checkpoints_needs_resume(tmp_path):
@@ -176,7 +228,7 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypa
         return real_save(obj, f, *args, **kwargs)
 
     monkeypatch.setattr(checkpoint.torch, "save", save)
-    with pytest.raises(GptkitError, match=r"could not save the checkpoint of step 4: No space left on device; the previous checkpoint .*step-000002 is intact"):
+    with pytest.raises(GptkitError, match=r"could not save the checkpoint of step 4: .*step-000004/training_state.pt: cannot write: no space left on the device; the previous checkpoint .*step-000002 is intact"):
         gptkit.run(tiny_config(tmp_path, "train.max_steps=6", "train.checkpoint_every=2", "train.save_best=false"))
     run = tmp_path / "run"
     assert [p.name for p in checkpoint.step_checkpoints(run)] == ["step-000002"]
