@@ -193,10 +193,13 @@ def test_lora_resume_equals_an_uninterrupted_run(tmp_path):
 
 def test_lora_resume_with_other_settings_is_an_error(tmp_path):
     gptkit.run(run_config(tmp_path, LORA, "train.max_steps=2"))
-    with pytest.raises(GptkitError, match=r"run.resume: the checkpoint's LoRA adapter does not fit train.finetune: wrong shapes: blocks.0.attn.qkv.lora_a \[4, 16\] \(train.finetune implies \[8, 16\]\)"):
+    with pytest.raises(GptkitError, match=r"run.resume: .*step-000002 was trained with other settings; these would change the run's course:\n(.*\n)*  train.finetune.rank: 4 -> 8\n"):
         gptkit.run(run_config(tmp_path, "{name = 'lora', rank = 8}", "train.max_steps=4", "run.resume=auto"))
+    allow = "run.resume_changes=allow"  # past the settings check, the strategy's own checks still hold
+    with pytest.raises(GptkitError, match=r"run.resume: the checkpoint's LoRA adapter does not fit train.finetune: wrong shapes: blocks.0.attn.qkv.lora_a \[4, 16\] \(train.finetune implies \[8, 16\]\)"):
+        gptkit.run(run_config(tmp_path, "{name = 'lora', rank = 8}", "train.max_steps=4", "run.resume=auto", allow))
     with pytest.raises(GptkitError, match=r"run.resume: the checkpoint holds the tensors of an adapter"):
-        gptkit.run(run_config(tmp_path, "{name = 'full'}", "train.max_steps=4", "run.resume=auto"))
+        gptkit.run(run_config(tmp_path, "{name = 'full'}", "train.max_steps=4", "run.resume=auto", allow))
 
 
 # --- adapter files --------------------------------------------------------------------------------
