@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from gptkit.errors import GptkitError
+from gptkit.files import save_safetensors
 
 ADAPTER = "adapter.safetensors"
 FORMAT = "gptkit-lora"
@@ -36,7 +36,7 @@ def merged_weight(weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale:
 def save_adapter(path: str | Path, tensors: dict[str, torch.Tensor], *, rank: int, alpha: float, targets: list[str]) -> None:
     """Write `tensors` (`<module>.lora_a` / `<module>.lora_b`) and the settings that scale them."""
     metadata = {"format": FORMAT, "version": str(FORMAT_VERSION), "rank": str(rank), "alpha": repr(float(alpha)), "targets": json.dumps(targets)}
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
+    save_safetensors({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, Path(path), metadata)
 
 
 def read_adapter(path: str | Path) -> tuple[dict[str, torch.Tensor], int, float]:

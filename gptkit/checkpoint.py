@@ -32,11 +32,11 @@ from typing import Any, Callable, TypeVar
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from gptkit.config import Component, to_raw
 from gptkit.errors import CorruptCheckpoint, GptkitError
-from gptkit.files import atomic_dir, recover_replaced_dirs, remove_temp_files, sha256_file, writing
+from gptkit.files import save_safetensors, atomic_dir, recover_replaced_dirs, remove_temp_files, sha256_file, writing
 from gptkit.interfaces import Context, LoadedModel
 from gptkit.model import GPTConfig
 from gptkit.plugins import GptkitWarning, registry
@@ -100,17 +100,6 @@ def save_model(
         with writing(final / CHECKSUMS):
             write_checksums(tmp)
     return final
-
-
-def save_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    """safetensors' save_file, whose I/O errors come back as the OSError they are."""
-    try:
-        save_file(tensors, str(path))
-    except SafetensorError as exc:
-        code = re.search(r"os error (\d+)", str(exc))
-        if code is None:
-            raise
-        raise OSError(int(code.group(1)), os.strerror(int(code.group(1)))) from exc
 
 
 def write_checksums(folder: Path) -> None:

@@ -11,10 +11,15 @@ import contextlib
 import errno
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import save_file
 
 from gptkit.errors import GptkitError, WriteError
 
@@ -178,3 +183,14 @@ def read_text(path: str | Path) -> str:
     except OSError as exc:
         raise GptkitError(f"{path}: cannot read: {exc.strerror or exc}") from None
     return decode_utf8(data, path)
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """safetensors' save_file, whose I/O errors (a full disk...) come back as the OSError they are."""
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as exc:
+        code = re.search(r"os error (\d+)", str(exc))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1)))) from exc
