@@ -264,6 +264,7 @@ def model_config_from(section: ModelSection, base: GPTConfig | None = None) -> G
         qkv_bias=section.qkv_bias if section.qkv_bias is not None else (base.qkv_bias if base else False),
         tie_weights=section.tie_weights if section.tie_weights is not None else (base.tie_weights if base else True),
         init=section.init,
+        vocab_multiple=section.vocab_multiple,
         attention=section.attention,
         norm=section.norm,
         feedforward=section.feedforward,
