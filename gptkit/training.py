@@ -194,7 +194,13 @@ class Trainer:
         batch = self.collator(examples)
         if not isinstance(batch, Batch):
             batch = Batch(*batch)
-        return Batch(batch.inputs.to(self.device, non_blocking=True), batch.targets.to(self.device, non_blocking=True), batch.ignore_index)
+        return Batch(self.to_device(batch.inputs), self.to_device(batch.targets), batch.ignore_index)
+
+    def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        """To CUDA from pinned memory, so that the copy runs beside the GPU's work rather than before it."""
+        if self.device.type == "cuda":
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor.to(self.device)
 
     def loss(self, batch: Batch) -> torch.Tensor:
         with self.autocast():
