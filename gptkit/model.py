@@ -22,6 +22,7 @@ from typing import Any
 import attrs
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from gptkit.config import Component, to_raw
 from gptkit.errors import GptkitError
@@ -42,6 +43,7 @@ class GPTConfig:
     tie_weights: bool = True
     init: str = "gpt2"  # gpt2 | torch-default (see GPT.reset_parameters)
     vocab_multiple: int = 1  # pad the embedding and head rows to a multiple of this (see GPT); 1: no padding
+    activation_checkpointing: bool = False  # in training, recompute each block's activations in backward (see GPT.forward)
     attention: Component = attrs.field(factory=lambda: Component("causal"))
     norm: Component = attrs.field(factory=lambda: Component("layernorm"))
     feedforward: Component = attrs.field(factory=lambda: Component("gelu-mlp"))
@@ -62,9 +64,10 @@ class GPTConfig:
         return cls(**{**PRESETS[canonical], **overrides})
 
     def to_dict(self) -> dict[str, Any]:
-        """What a saved model records; not `vocab_multiple`, a layout in memory that leaves the model as it is."""
+        """What a saved model records; not `vocab_multiple` and `activation_checkpointing`, ways of
+        computing that leave the model as it is."""
         data = to_raw(self)
-        del data["vocab_multiple"]
+        del data["vocab_multiple"], data["activation_checkpointing"]
         return data
 
     @classmethod
@@ -149,9 +152,15 @@ class GPT(nn.Module):
                 raise ValueError(f"sequence of {start + t} tokens exceeds the context length {self.config.context_length}")
             positions = torch.arange(start, start + t, device=idx.device).unsqueeze(0)
         x = self.drop(self.tok_emb(idx) + self.pos_emb(positions))
+        # Keeping only each block's input and recomputing the rest in backward trades about a third
+        # more compute for most of the activations' memory (what full fine-tuning of large models needs).
+        recompute = self.config.activation_checkpointing and self.training and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
             cache = kv_caches[i] if kv_caches is not None else None
-            x = block(x, positions=positions, kv_cache=cache, padding_mask=padding_mask)
+            if recompute:
+                x = checkpoint(block, x, use_reentrant=False, positions=positions, kv_cache=cache, padding_mask=padding_mask)
+            else:
+                x = block(x, positions=positions, kv_cache=cache, padding_mask=padding_mask)
         if last_only:
             x = x[:, -1:]
         logits = self.head(self.final_norm(x))
