@@ -243,7 +243,10 @@ def training_part(check: Check, table: Table, sizes: dict, batch: int, steps: in
             continue
         check.reset_memory()
         torch.manual_seed(0)
-        rate, warmup = training_speed(check, build().to(check.device), compiled, inputs, targets, steps)
+        with torch.device(check.device):
+            model = build()
+        rate, warmup = training_speed(check, model, compiled, inputs, targets, steps)
+        del model
         mfu = f"MFU {rate * per_token / (check.peak * 1e12):.1%}" if check.peak else "MFU: no peak known (--peak-tflops)"
         table.row("train 124M", name, f"{rate:,.0f} tokens/s", f"{mfu}, peak {check.peak_gb()}, warm-up {warmup:.0f} s, batch {batch} x {seq}")
         gc_cuda(check)
@@ -283,13 +286,13 @@ def training_speed(check: Check, model, compiled: bool, inputs, targets, steps: 
 def decoding_part(check: Check, table: Table, sizes: dict, new_tokens: int, repeats: int) -> None:
     import transformers
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     from bench_generate import best_tokens_per_s, gptkit_run, hf_run, prompts
 
     from gptkit.model import GPT, GPTConfig
 
     torch.manual_seed(0)
-    ours = GPT(GPTConfig(**sizes, qkv_bias=True)).to(check.device, torch.bfloat16).eval()
+    with torch.device(check.device):
+        ours = GPT(GPTConfig(**sizes, qkv_bias=True)).to(torch.bfloat16).eval()
     hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
         vocab_size=sizes["vocab_size"], n_positions=sizes["context_length"], n_embd=sizes["emb_dim"], n_head=sizes["n_heads"], n_layer=sizes["n_layers"],
     )).to(check.device, torch.bfloat16).eval()
@@ -313,11 +316,25 @@ def decoding_part(check: Check, table: Table, sizes: dict, new_tokens: int, repe
         hf_rate = rates["HF generate"]
         for name, rate in rates.items():
             table.row(f"decode 124M bf16 b{batch}", name, f"{rate:,.0f} tokens/s", f"{rate / hf_rate:.2f}x HF, {new_tokens} new tokens, best of {repeats}")
-    if check.left() > 60 or check.smoke:
-        ids = prompts(1, check.device)
-        rate = best_tokens_per_s({"compile": synced(gptkit_run(ours, ids, new_tokens, compile=True))}, 1)["compile"]
-        table.row("decode 124M bf16 b1", "gptkit, static cache + torch.compile" + (" + CUDA graph" if check.cuda else ""), f"{rate:,.0f} tokens/s",
-                  "generate --compile; the first run (compile) not timed")
+
+
+def compiled_decoding_part(check: Check, table: Table, sizes: dict, new_tokens: int, repeats: int) -> None:
+    """`generate --compile`: the static step through torch.compile (and, on CUDA, inside the graph)."""
+    from bench_generate import best_tokens_per_s, gptkit_run, prompts
+
+    from gptkit.model import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    with torch.device(check.device):
+        ours = GPT(GPTConfig(**sizes, qkv_bias=True)).to(torch.bfloat16).eval()
+    start = time.perf_counter()
+    run = gptkit_run(ours, prompts(1, check.device), new_tokens, compile=True)
+    run()
+    check.sync()
+    compile_s = time.perf_counter() - start
+    rate = best_tokens_per_s({"compile": run}, repeats)["compile"]
+    table.row("decode 124M bf16 b1", "gptkit, static cache + torch.compile" + (" + CUDA graph" if check.cuda else ""), f"{rate:,.0f} tokens/s",
+              f"generate --compile; first run (compile) {compile_s:.0f} s, not timed")
 
 
 # --- instruction fine-tuning, GPT-2 medium sizes ---------------------------------------------------
@@ -389,22 +406,31 @@ def original_instruct(check: Check, sizes: dict, records: int | None, encoding) 
 
 
 def memory_part(check: Check, table: Table, sizes: dict, batch: int, seq: int) -> None:
+    """Peak memory of full fine-tuning steps (fp32 weights, bf16 autocast, fused AdamW), with the
+    blocks' activations kept and recomputed (model.activation_checkpointing)."""
     from gptkit.model import GPT, GPTConfig
     from gptkit.training import build_optimizer
 
-    check.reset_memory()
-    model = GPT(GPTConfig(**sizes, qkv_bias=True, vocab_multiple=64)).to(check.device).train()
-    optimizer = build_optimizer(model, lr=5e-5, weight_decay=0.1, betas=(0.9, 0.999), device=check.device)
     data = torch.randint(0, sizes["vocab_size"], (batch, seq + 1), device=check.device)
-    for _ in range(2):  # the second step holds Adam's moments as well
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(check.device.type, dtype=torch.bfloat16):
-            logits = model(data[:, :-1])
-        F.cross_entropy(logits.flatten(0, 1).float(), data[:, 1:].flatten()).backward()
-        optimizer.step()
-    check.sync()
-    table.row("finetune XL memory", "gptkit full fine-tuning, bf16 autocast, fused AdamW", check.peak_gb(),
-              f"peak allocated, batch {batch} x {seq}, {model.num_parameters() / 1e9:.2f}B parameters")
+    for recompute in (False, True):
+        check.reset_memory()
+        with torch.device(check.device):
+            model = GPT(GPTConfig(**sizes, qkv_bias=True, vocab_multiple=64, activation_checkpointing=recompute)).train()
+        optimizer = build_optimizer(model, lr=5e-5, weight_decay=0.1, betas=(0.9, 0.999), device=check.device)
+        start = time.perf_counter()
+        for _ in range(2):  # the second step holds Adam's moments as well
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(check.device.type, dtype=torch.bfloat16):
+                logits = model(data[:, :-1])
+            F.cross_entropy(logits.flatten(0, 1).float(), data[:, 1:].flatten()).backward()
+            optimizer.step()
+        check.sync()
+        how = "activation checkpointing" if recompute else "activations kept"
+        table.row("finetune XL memory", f"gptkit full fine-tuning, {how}", check.peak_gb(),
+                  f"peak allocated, batch {batch} x {seq}, bf16 autocast, fused AdamW, {model.num_parameters() / 1e9:.2f}B parameters, "
+                  f"2 steps {time.perf_counter() - start:.1f} s")
+        del model, optimizer, logits
+        gc_cuda(check)
 
 
 def main() -> None:
@@ -443,10 +469,12 @@ def main() -> None:
         decode = dict(sizes=PRESETS["gpt2-124M"], new_tokens=256, repeats=3)
         instruct = dict(label="medium (355M)", sizes=PRESETS["gpt2-355M"], records=None)
         memory = dict(sizes=PRESETS["gpt2-1558M"], batch=8, seq=1024)
-    timed_part(check, table, "decode 124M", 40)(decoding_part)(check, table, *decode.values())
-    timed_part(check, table, "train 124M", 60)(training_part)(check, table, *train.values())
+    # Cheapest first; training's three compiles come last but one, the optional compiled decoding last.
+    timed_part(check, table, "finetune XL memory", 20)(memory_part)(check, table, *memory.values())
+    timed_part(check, table, "decode 124M", 30)(decoding_part)(check, table, *decode.values())
     timed_part(check, table, "instruct", 40)(instruct_part)(check, table, *instruct.values())
-    timed_part(check, table, "finetune XL memory", 15)(memory_part)(check, table, *memory.values())
+    timed_part(check, table, "train 124M", 60)(training_part)(check, table, *train.values())
+    timed_part(check, table, "decode 124M compiled", 60)(compiled_decoding_part)(check, table, *decode.values())
     print("\n" + out.read_text(encoding="utf-8"))
 
 

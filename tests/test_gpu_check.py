@@ -25,5 +25,6 @@ def test_gpu_check_smoke_runs_every_part(tmp_path, gpt2_vocab):
     for part in ("decode 124M bf16 b1", "decode 124M bf16 b8", "train 124M", "instruct tiny", "finetune XL memory"):
         assert f"| {part} |" in table
     for row in ("growing cache", "static cache", "HF generate", "torch.compile", "GPTModelFast + compile", "HF GPT-2 + compile",
+                "activations kept", "activation checkpointing",
                 "gptkit + compile", "Trainer.fit", "original ch07"):
         assert row in table, row
