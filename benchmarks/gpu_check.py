@@ -47,7 +47,6 @@ import traceback
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 PREPARED = ROOT / ".gpu_check"
@@ -200,7 +199,7 @@ def train_models(sizes: dict):
 
     original = dict(sizes, drop_rate=0.0, qkv_bias=True)
     return {
-        "gptkit + compile (vocab 50304)": (lambda: GPT(GPTConfig(**sizes, qkv_bias=True, vocab_multiple=64)), True),
+        "gptkit + compile, model and loss (vocab 50304)": (lambda: GPT(GPTConfig(**sizes, qkv_bias=True, vocab_multiple=64)), True),
         "llms-from-scratch GPTModel": (lambda: GPTModel(original), False),
         "llms-from-scratch GPTModelFast + compile (vocab 50304)": (lambda: GPTModelFast(dict(original, vocab_size=padded(sizes["vocab_size"]))), True),
         "HF GPT-2 + compile": (hf, True),
@@ -245,27 +244,30 @@ def training_part(check: Check, table: Table, sizes: dict, batch: int, steps: in
         torch.manual_seed(0)
         with torch.device(check.device):
             model = build()
-        rate, warmup = training_speed(check, model, compiled, inputs, targets, steps)
+        rate, warmup = training_speed(check, model, compiled, inputs, targets, steps, gptkit=name.startswith("gptkit"))
         del model
         mfu = f"MFU {rate * per_token / (check.peak * 1e12):.1%}" if check.peak else "MFU: no peak known (--peak-tflops)"
         table.row("train 124M", name, f"{rate:,.0f} tokens/s", f"{mfu}, peak {check.peak_gb()}, warm-up {warmup:.0f} s, batch {batch} x {seq}")
         gc_cuda(check)
 
 
-def training_speed(check: Check, model, compiled: bool, inputs, targets, steps: int) -> tuple[float, float]:
+def training_speed(check: Check, model, compiled: bool, inputs, targets, steps: int, gptkit: bool) -> tuple[float, float]:
     """(tokens/s over `steps` timed steps, seconds of the 2 warm-up steps, compile included): bf16
-    autocast over fp32 weights, gptkit's fused AdamW, fp32 loss."""
+    autocast over fp32 weights, gptkit's fused AdamW, fp32 loss; the loss compiled as well for
+    gptkit (as its Trainer does with train.compile), eager for the references (as their scripts)."""
+    from gptkit.evaluation import lm_loss
     from gptkit.training import build_optimizer
 
     model.train()
     optimizer = build_optimizer(model, lr=3e-4, weight_decay=0.1, betas=(0.9, 0.95), device=check.device)
     forward = torch.compile(model) if compiled else model
+    loss_fn = torch.compile(lm_loss) if gptkit and compiled else lm_loss
 
     def step():
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(check.device.type, dtype=torch.bfloat16):
-            logits = forward(inputs)
-        F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten()).backward()
+            loss = loss_fn(forward(inputs), targets)
+        loss.backward()
         optimizer.step()
 
     start = time.perf_counter()
@@ -408,6 +410,7 @@ def original_instruct(check: Check, sizes: dict, records: int | None, encoding) 
 def memory_part(check: Check, table: Table, sizes: dict, batch: int, seq: int) -> None:
     """Peak memory of full fine-tuning steps (fp32 weights, bf16 autocast, fused AdamW), with the
     blocks' activations kept and recomputed (model.activation_checkpointing)."""
+    from gptkit.evaluation import lm_loss
     from gptkit.model import GPT, GPTConfig
     from gptkit.training import build_optimizer
 
@@ -422,7 +425,7 @@ def memory_part(check: Check, table: Table, sizes: dict, batch: int, seq: int) -
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(check.device.type, dtype=torch.bfloat16):
                 logits = model(data[:, :-1])
-            F.cross_entropy(logits.flatten(0, 1).float(), data[:, 1:].flatten()).backward()
+            lm_loss(logits, data[:, 1:]).backward()
             optimizer.step()
         check.sync()
         how = "activation checkpointing" if recompute else "activations kept"

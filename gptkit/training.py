@@ -204,7 +204,7 @@ class Trainer:
 
     def loss(self, batch: Batch) -> torch.Tensor:
         with self.autocast():
-            return lm_loss(self.forward(batch.inputs), batch.targets, batch.ignore_index)
+            return self.lm_loss(self.forward(batch.inputs), batch.targets, batch.ignore_index)
 
     def train_step(self, examples: list[Example]) -> tuple[float, int]:
         """One optimizer step over `examples` in `grad_accum` micro-batches; (mean loss, input tokens)."""
@@ -402,6 +402,8 @@ class Trainer:
         self.autocast = lambda: torch.autocast(self.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=dtype == torch.float16)
         self.forward = torch.compile(run.model) if t.compile else run.model
+        # compiled, the loss's fp32 upcast and log-softmax fuse: no fp32 copy of the [B, T, vocab] logits
+        self.lm_loss = torch.compile(lm_loss) if t.compile else lm_loss
         self.sampler = registry.sampler.build(config.generate.sampler, run.ctx)
         sample = sample or self.sample
         trackers = [registry.tracker.build(spec, run.ctx) for spec in config.track.trackers]
