@@ -1,8 +1,10 @@
 """Text generation: prompts' tokens in, new tokens out, one sampler call per step.
 
 The model runs over the prompts once (prefill), then over one new token per row at a time (decode),
-reading earlier keys and values from a preallocated `KVCache` per block. Attention plugins that do
-not support the cache (`supports_kv_cache = False`) get the whole sequence recomputed every step.
+reading earlier keys and values from a preallocated cache per block: a `StaticKVCache`, whose
+fixed-shape steps are captured in a CUDA graph on CUDA, where the attention supports it, else a
+growing `KVCache`. Attention plugins that do not support a cache (`supports_kv_cache = False`) get
+the whole sequence recomputed every step.
 
 A batch of prompts of different lengths is left-padded: `padding_mask` [B, T_total] (True on real
 tokens) hides the padding from attention and `positions` count from each row's first real token, so
