@@ -310,7 +310,7 @@ def decoding_part(check: Check, table: Table, sizes: dict, new_tokens: int, repe
         ids = prompts(batch, check.device)
         runs = {
             "gptkit, growing cache (eager)": gptkit_run(ours, ids, new_tokens, static_cache=False),
-            "gptkit, static cache" + (" + CUDA graph" if check.cuda else " (no graph on CPU)"): gptkit_run(ours, ids, new_tokens),
+            "gptkit, static cache" + (" + CUDA graph" if check.cuda else " (no graph on CPU)"): gptkit_run(ours, ids, new_tokens, static_cache=True),
             "HF generate": hf_run(hf, ids, new_tokens),
         }
         rates = best_tokens_per_s({k: synced(v) for k, v in runs.items()}, repeats)
@@ -329,7 +329,7 @@ def compiled_decoding_part(check: Check, table: Table, sizes: dict, new_tokens: 
     with torch.device(check.device):
         ours = GPT(GPTConfig(**sizes, qkv_bias=True)).to(torch.bfloat16).eval()
     start = time.perf_counter()
-    run = gptkit_run(ours, prompts(1, check.device), new_tokens, compile=True)
+    run = gptkit_run(ours, prompts(1, check.device), new_tokens, static_cache=True, compile=True)
     run()
     check.sync()
     compile_s = time.perf_counter() - start

@@ -1,8 +1,8 @@
 """Text generation: prompts' tokens in, new tokens out, one sampler call per step.
 
 The model runs over the prompts once (prefill), then over one new token per row at a time (decode),
-reading earlier keys and values from a preallocated cache per block: a `StaticKVCache`, whose
-fixed-shape steps are captured in a CUDA graph on CUDA, where the attention supports it, else a
+reading earlier keys and values from a preallocated cache per block: on CUDA a `StaticKVCache`,
+whose fixed-shape steps are captured in a CUDA graph, where the attention supports it, else a
 growing `KVCache`. Attention plugins that do not support a cache (`supports_kv_cache = False`) get
 the whole sequence recomputed every step.
 
@@ -217,9 +217,11 @@ def decode_steps(
     """Yields the next token of every row [B], `steps` times. Prompts must fit the context with the
     new tokens. Rows are left-padded; nothing here knows about end-of-text.
 
-    `static_cache` (default: when every attention supports it) decodes through `StaticKVCache`s with
-    fixed-shape steps; on CUDA the step is then captured in a CUDA graph once and replayed, so a
-    small batch is bound by memory bandwidth rather than by kernel launches. `compile`: the decoding
+    `static_cache` (default: on CUDA, when every attention supports it) decodes through
+    `StaticKVCache`s with fixed-shape steps; on CUDA the step is then captured in a CUDA graph once
+    and replayed, so a small batch is bound by memory bandwidth rather than by kernel launches. On
+    CPU it gives the same tokens but no speed (a little slower at batch 8: every step attends over
+    the whole buffer), so the growing cache stays the default there. `compile`: the decoding
     step runs through torch.compile (compiled once per model and shapes; with the static cache on
     CUDA, inside the graph). `pack_weights`: see `packed_linears` (CPU, not with `compile`).
     """
@@ -227,7 +229,9 @@ def decode_steps(
         return
     device = next(model.parameters()).device
     use_cache = supports_kv_cache(model) if use_cache is None else use_cache
-    static = use_cache and (supports_static_kv_cache(model) if static_cache is None else static_cache)
+    if static_cache is None:  # on CPU, with no graphs to gain, attending over the whole buffer measured slower
+        static_cache = device.type == "cuda" and supports_static_kv_cache(model)
+    static = use_cache and static_cache
     lengths = [len(p) for p in prompts]
     width, total = max(lengths), max(lengths) + steps
     if total > model.config.context_length:
