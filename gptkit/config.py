@@ -111,7 +111,6 @@ class ModelSection:
     tie_weights: bool | None = unset("from init.checkpoint, else true")
     init: Literal["gpt2", "torch-default"] = "gpt2"  # random init: GPT-2's N(0, 0.02), or PyTorch's layer defaults
     vocab_multiple: int = 1  # pad embedding/head rows to a multiple (64, 128: faster GPU matmuls); logits and saved weights keep vocab_size
-    activation_checkpointing: bool = False  # recompute blocks' activations in backward: much less memory, ~1/3 more compute
     attention: Component = kind("attention", factory=lambda: Component("causal"))
     norm: Component = kind("norm", factory=lambda: Component("layernorm"))
     feedforward: Component = kind("feedforward", factory=lambda: Component("gelu-mlp"))

@@ -22,7 +22,6 @@ from typing import Any
 import attrs
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from gptkit.config import Component, to_raw
 from gptkit.errors import GptkitError
@@ -43,7 +42,6 @@ class GPTConfig:
     tie_weights: bool = True
     init: str = "gpt2"  # gpt2 | torch-default (see GPT.reset_parameters)
     vocab_multiple: int = 1  # pad the embedding and head rows to a multiple of this (see GPT); 1: no padding
-    activation_checkpointing: bool = False  # in training, recompute each block's activations in backward (see GPT.forward)
     attention: Component = attrs.field(factory=lambda: Component("causal"))
     norm: Component = attrs.field(factory=lambda: Component("layernorm"))
     feedforward: Component = attrs.field(factory=lambda: Component("gelu-mlp"))
@@ -64,10 +62,9 @@ class GPTConfig:
         return cls(**{**PRESETS[canonical], **overrides})
 
     def to_dict(self) -> dict[str, Any]:
-        """What a saved model records; not `vocab_multiple` and `activation_checkpointing`, ways of
-        computing that leave the model as it is."""
+        """What a saved model records; not `vocab_multiple`, a layout in memory that leaves the model as it is."""
         data = to_raw(self)
-        del data["vocab_multiple"], data["activation_checkpointing"]
+        del data["vocab_multiple"]
         return data
 
     @classmethod
@@ -152,15 +149,9 @@ class GPT(nn.Module):
                 raise ValueError(f"sequence of {start + t} tokens exceeds the context length {self.config.context_length}")
             positions = torch.arange(start, start + t, device=idx.device).unsqueeze(0)
         x = self.drop(self.tok_emb(idx) + self.pos_emb(positions))
-        # Keeping only each block's input and recomputing the rest in backward trades about a third
-        # more compute for most of the activations' memory (what full fine-tuning of large models needs).
-        recompute = self.config.activation_checkpointing and self.training and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
             cache = kv_caches[i] if kv_caches is not None else None
-            if recompute:
-                x = checkpoint(block, x, use_reentrant=False, positions=positions, kv_cache=cache, padding_mask=padding_mask)
-            else:
-                x = block(x, positions=positions, kv_cache=cache, padding_mask=padding_mask)
+            x = block(x, positions=positions, kv_cache=cache, padding_mask=padding_mask)
         if last_only:
             x = x[:, -1:]
         logits = self.head(self.final_norm(x))

@@ -277,7 +277,6 @@ def model_config_from(section: ModelSection, base: GPTConfig | None = None) -> G
         tie_weights=section.tie_weights if section.tie_weights is not None else (base.tie_weights if base else True),
         init=section.init,
         vocab_multiple=section.vocab_multiple,
-        activation_checkpointing=section.activation_checkpointing,
         attention=section.attention,
         norm=section.norm,
         feedforward=section.feedforward,
