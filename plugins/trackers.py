@@ -78,7 +78,7 @@ class WandbTracker:
             **args,
             id=run_id,
             resume="allow",
-            dir=str(run.out_dir),
+            dir=str(run.out_dir.resolve()),  # absolute: W&B's service process has its own working directory
             config=flatten({k: v for k, v in to_raw(run.config).items() if k != "provenance"}),
             settings=self.wandb.Settings(console="off", silent=True),
         )
