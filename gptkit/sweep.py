@@ -31,6 +31,7 @@ import json
 import math
 import netrc
 import os
+import random
 import sys
 from pathlib import Path
 from typing import Any, Iterator
@@ -79,13 +80,15 @@ class Sweep:
     def maximize(self) -> bool:
         return self.spec["metric"].get("goal", "minimize") == "maximize"
 
-    def trial_config(self, name: str, values: dict[str, Any], folder: Path, mode: str) -> Config:
+    def trial_config(self, name: str, values: dict[str, Any], folder: Path, mode: str | None) -> Config:
         """The trial's resolved config: the experiment with the trial's values, its own run folder
-        (resumed when it holds a checkpoint) and a W&B tracker in `mode`, grouped by sweep."""
+        (resumed when it holds a checkpoint) and a W&B tracker grouped by sweep, in `mode` (None:
+        W&B's own choice, WANDB_MODE or online)."""
         raw = json.loads(json.dumps(self.raw))
         trackers = raw.setdefault("track", {}).get("trackers", [])
         wandb = next((t for t in trackers if t.get("name") == "wandb"), {"name": "wandb"})
-        raw["track"]["trackers"] = [*(t for t in trackers if t is not wandb), {**wandb, "mode": mode, "group": self.folder.name}]
+        wandb = {k: v for k, v in wandb.items() if k != "mode"} | ({"mode": mode} if mode else {}) | {"group": self.folder.name}
+        raw["track"]["trackers"] = [*(t for t in trackers if t.get("name") != "wandb"), wandb]
         overrides = [override(key, value) for key, value in values.items()]
         overrides += [f"run.name={name}", f"run.out_dir={folder / name}", "run.resume=auto"]
         return structure(raw, overrides, source=f"{self.program} with {' '.join(overrides)}", base=self.program.parent)
@@ -221,22 +224,25 @@ def sweep_run(trial: dict[str, Any]):
 
 
 @contextlib.contextmanager
-def numpy_seeded(seed: int) -> Iterator[None]:
-    """`sweeps` draws from numpy's global generator, which each trial reseeds with run.seed: the
-    search draws from its own seed (sweep seed, trial number) instead, and so repeats on resume."""
-    state = np.random.get_state()
+def search_seeded(seed: int) -> Iterator[None]:
+    """`sweeps` draws from Python's and numpy's global generators, which each trial reseeds with
+    run.seed: the search draws from its own seed (run.seed, trial number) instead, so that it
+    proposes new values each trial and the same ones when a sweep is run again."""
+    states = random.getstate(), np.random.get_state()
+    random.seed(seed)
     np.random.seed(seed % 2**32)
     try:
         yield
     finally:
-        np.random.set_state(state)
+        random.setstate(states[0])
+        np.random.set_state(states[1])
 
 
 def suggest(sweep: Sweep, trials: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The next trial's values from the `sweeps` engine, or None when the search is exhausted (grid)."""
     import sweeps
 
-    with numpy_seeded(int(sweep.raw.get("run", {}).get("seed", 123)) * 1009 + len(trials)):
+    with search_seeded(int(sweep.raw.get("run", {}).get("seed", 123)) * 1009 + len(trials)):
         proposed = sweeps.next_run(sweep.spec, [sweep_run(t) for t in trials])
     return None if proposed is None else {k: v["value"] for k, v in proposed.config.items()}
 
@@ -398,4 +404,4 @@ def online_trial(sweep: Sweep) -> None:
 
     with open(os.environ["WANDB_SWEEP_PARAM_PATH"], encoding="utf-8") as f:
         values = {k: v["value"] for k, v in (yaml.safe_load(f) or {}).items() if k in sweep.spec["parameters"]}
-    run_config(sweep.trial_config(os.environ["WANDB_RUN_ID"], values, sweep.folder, "online"))
+    run_config(sweep.trial_config(os.environ["WANDB_RUN_ID"], values, sweep.folder, None))
