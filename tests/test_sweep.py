@@ -132,7 +132,7 @@ BAD = {
     "unknown key": (GRID.replace("train.lr:", "train.lrr:"), "parameter train.lrr = 0.001: train.lrr: unknown key; did you mean 'lr'?"),
     "metric not logged": (GRID.replace("name: val_loss", "name: exact_match"), "metric 'exact_match': the pretrain recipe does not log it"),
     "unknown method": (GRID.replace("method: grid", "method: hyperopt"), "method 'hyperopt' is not one W&B knows (grid, random, bayes)"),
-    "malformed yaml": (GRID.replace("parameters:", "parameters: [\n"), "invalid YAML: line 6"),
+    "malformed yaml": (GRID.replace("parameters:", "parameters: [\n"), "invalid YAML: line 8: expected ',' or ']'"),
     "wrong type": (GRID.replace("{values: [1, 2]}", "{values: [1, two]}"), "parameter model.n_layers = 'two': model.n_layers: expected integer, got string 'two'"),
 }
 
