@@ -71,8 +71,9 @@ class WandbTracker:
             return
         self.run = run
         id_file = run.out_dir / "wandb" / RUN_ID_FILE
-        # A resumed run keeps its W&B id; a new one gets W&B's (or, under `wandb agent`, the agent's: WANDB_RUN_ID).
-        run_id = id_file.read_text().strip() if id_file.is_file() else None
+        # A resumed run keeps its W&B id; under `wandb agent` a new one takes the agent's (WANDB_RUN_ID,
+        # passed explicitly: W&B reads its environment once per process); else W&B makes one.
+        run_id = id_file.read_text().strip() if id_file.is_file() else os.environ.get("WANDB_RUN_ID")
         args = {**self.init_args, "name": self.init_args["name"] or run.config.run.name}
         self.wb = self.wandb.init(
             **args,

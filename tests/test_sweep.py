@@ -19,9 +19,10 @@ from click.testing import CliRunner
 from conftest import ROOT
 from gptkit.cli import cli
 from gptkit.config import load_config
-from test_trackers import history, inspect, tiny_experiment, wandb_files, wandb_offline  # noqa: F401  (the fixture)
+from test_trackers import history, inspect, tiny_experiment, wandb_files
 
 pytest.importorskip("sweeps")
+pytestmark = pytest.mark.usefixtures("wandb_offline")
 
 GRID = """
 program: tiny.toml

@@ -55,14 +55,7 @@ trackers = [{ name = "wandb", mode = "offline" }, { name = "jsonl-mirror" }]
 TEXT = "".join(f"Line {i}: every effort moves you, said Jack Gisburn, {i * 7 % 13} times.\n" for i in range(12))
 
 
-@pytest.fixture(autouse=True)
-def wandb_offline(tmp_path, monkeypatch):
-    """No network, no credentials, and W&B's own folders (cache, config, staging) in tmp."""
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    for var in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
-        monkeypatch.setenv(var, str(tmp_path / "wandb-home"))
+pytestmark = pytest.mark.usefixtures("wandb_offline")
 
 
 def tiny_experiment(folder: Path) -> Path:
