@@ -33,6 +33,7 @@ import netrc
 import os
 import random
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -104,6 +105,15 @@ def override(key: str, value: Any) -> str:
 # --- the sweep file ---------------------------------------------------------------------------------
 
 
+def sweep_engine():
+    """W&B's `sweeps` package (the wandb extra), imported when a sweep runs and quietly: on import
+    it warns about its own pydantic settings, which is nothing a user can act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Valid config keys have changed in V2", category=UserWarning)
+        import sweeps
+    return sweeps
+
+
 def read_spec(path: Path) -> dict[str, Any]:
     """The sweep file's data (YAML, or TOML by its suffix); a malformed file names its line."""
     import yaml  # comes with the wandb extra (wandb, sweeps)
@@ -128,14 +138,12 @@ def read_spec(path: Path) -> dict[str, Any]:
 
 def load_sweep(path: str | Path, runs_dir: Path = Path("runs")) -> Sweep:
     """Read and check a sweep file; every error is raised here, before any trial or file."""
-    import sweeps  # W&B's sweep engine: its schema checks the file
-
     path = Path(path)
     spec = read_spec(path)
     method = spec.get("method")
     if method not in METHODS:
         raise GptkitError(f"{path}: method {method!r} is not one W&B knows ({', '.join(METHODS)})")
-    violations = sweeps.schema_violations_from_proposed_config(spec)
+    violations = sweep_engine().schema_violations_from_proposed_config(spec)
     if violations:
         raise GptkitError(f"{path}: not a valid W&B sweep configuration: {'; '.join(violations)}")
     if not isinstance(spec.get("program"), str):
@@ -199,22 +207,18 @@ class HyperbandStopper:
 
     @hookimpl
     def on_eval(self, run, step, metrics):
-        import sweeps
-
         self.history.append({self.sweep.metric: metrics.get(self.sweep.metric)})
         running = {**self.trial, "state": RUNNING, "history": self.history}
-        stop = sweeps.stop_runs(self.sweep.spec, [sweep_run(t) for t in [*self.trials, running]])
+        stop = sweep_engine().stop_runs(self.sweep.spec, [sweep_run(t) for t in [*self.trials, running]])
         if any(r.name == self.trial["name"] for r in stop):
             raise TrialStopped(step)
 
 
 def sweep_run(trial: dict[str, Any]):
     """A trial as the `sweeps` engine sees it (a SweepRun)."""
-    import sweeps
-
     state = {FINISHED: "finished", FAILED: "failed", STOPPED: "killed", RUNNING: "running"}[trial["state"]]
     summary = {} if trial.get("metric") is None else {trial["metric_name"]: trial["metric"]}
-    return sweeps.SweepRun(
+    return sweep_engine().SweepRun(
         name=trial["name"],
         config={k: {"value": v} for k, v in trial["values"].items()},
         state=state,
@@ -240,10 +244,8 @@ def search_seeded(seed: int) -> Iterator[None]:
 
 def suggest(sweep: Sweep, trials: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The next trial's values from the `sweeps` engine, or None when the search is exhausted (grid)."""
-    import sweeps
-
     with search_seeded(int(sweep.raw.get("run", {}).get("seed", 123)) * 1009 + len(trials)):
-        proposed = sweeps.next_run(sweep.spec, [sweep_run(t) for t in trials])
+        proposed = sweep_engine().next_run(sweep.spec, [sweep_run(t) for t in trials])
     return None if proposed is None else {k: v["value"] for k, v in proposed.config.items()}
 
 

@@ -181,3 +181,13 @@ def test_wandb_agent_booleans_and_the_online_hand_over(tmp_path, monkeypatch):
     trial = tmp_path / "runs" / "grid" / "abc123"
     assert (trial / "wandb" / "run-id").read_text().strip() == "abc123"
     assert [json.loads(line)["step"] for line in (trial / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_hyperband_stops_a_trial_that_falls_behind_at_an_evaluation(tmp_path):
+    spec = GRID.replace("{values: [0.001, 0.003]}", "{values: [0.01, 1.0e-7]}").replace("{values: [1, 2]}", "{value: 1}")
+    spec += "  train.eval_every: {value: 1}\n  train.max_steps: {value: 6}\nearly_terminate: {type: hyperband, min_iter: 2, eta: 3}\n"
+    code, out = sweep(str(write(tmp_path, "hyperband.yaml", spec.replace("  train.max_steps: {value: 4}\n", ""))), "--offline")
+    assert code == 0, out
+    learns, stalls = state(tmp_path / "runs" / "hyperband")
+    assert learns["state"] == "finished" and stalls["state"] == "stopped", (learns, stalls)
+    assert stalls["error"].startswith("stopped by hyperband at step") and len(stalls["history"]) < len(learns["history"])
