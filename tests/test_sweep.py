@@ -98,7 +98,7 @@ def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
 
 def test_a_sweep_killed_after_its_first_trial_resumes_without_repeating_one(tmp_path):
     spec = GRID.replace("{values: [1, 2]}", "{value: 1}").replace("{values: [0.001, 0.003]}", "{values: [0.001, 0.002, 0.003]}")
-    path = write(tmp_path, "cut.yaml", spec.replace("train.max_steps: {value: 4}", "train.max_steps: {value: 40}\n  train.checkpoint_every: {value: 1}"))
+    path = write(tmp_path, "cut.yaml", spec.replace("train.max_steps: {value: 4}", "train.max_steps: {value: 16}\n  train.checkpoint_every: {value: 1}"))
     folder = tmp_path / "runs" / "cut"
     # Its own W&B service, as a new `gptkit sweep` has: not this process's (which WANDB_SERVICE names).
     env = {**{k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}, "PYTHONPATH": str(ROOT)}

@@ -5,6 +5,7 @@ folders in tmp."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -16,51 +17,28 @@ from pathlib import Path
 import pytest
 
 import gptkit
+import test_training
 from gptkit.config import load_config
 from gptkit.errors import GptkitError, RunInterrupted
 from gptkit.runs import setup_run
 
 pytest.importorskip("wandb")
 
-TINY = """
-[run]
-name = "tiny"
-recipe = "pretrain"
-seed = 7
-device = "cpu"
-threads = 1
-[model]
-vocab_size = 257
-context_length = 16
-emb_dim = 16
-n_heads = 2
-n_layers = 1
-[data]
-tokenizer = { name = "bytes" }
-dataset = { name = "text", path = "text.txt", max_length = 16, stride = 16 }
-split = [0.8, 0.2]
-[train]
-epochs = 2
-batch_size = 4
-lr = 3e-3
-eval_every = 2
-eval_batches = 1
-save_best = false
-precision = "fp32"
-[generate]
-max_new_tokens = 4
+# test_training's tiny pretraining experiment, smaller still (a trial takes about a second), as a file
+# with its text beside it: about 20 steps an epoch.
+SMALLER = {"context_length = 32": "context_length = 16", "n_layers = 2": "n_layers = 1", 'device = "cpu"\n': 'device = "cpu"\nthreads = 1\n',
+           "[data]\n": '[data]\ndataset = { name = "text", path = "text.txt", max_length = 16, stride = 16 }\n'}
+TINY = functools.reduce(lambda text, change: text.replace(*change), SMALLER.items(), test_training.TINY) + """
 [track]
 trackers = [{ name = "wandb", mode = "offline" }, { name = "jsonl-mirror" }]
 """
-TEXT = "".join(f"Line {i}: every effort moves you, said Jack Gisburn, {i * 7 % 13} times.\n" for i in range(12))
-
 
 pytestmark = pytest.mark.usefixtures("wandb_offline")
 
 
 def tiny_experiment(folder: Path) -> Path:
-    """The tiny pretraining experiment (about 10 steps an epoch) written into `folder`."""
-    (folder / "text.txt").write_text(TEXT, encoding="utf-8")
+    """The tiny pretraining experiment written into `folder`."""
+    (folder / "text.txt").write_text(test_training.TEXT, encoding="utf-8")
     path = folder / "tiny.toml"
     path.write_text(TINY, encoding="utf-8")
     return path
