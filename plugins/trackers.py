@@ -12,7 +12,8 @@ names none of them, and metrics.jsonl stays its own record.
   is kept in `run_folder/wandb/run-id`: a resumed gptkit run resumes that W&B run (`resume="allow"`)
   and logs from the step after its checkpoint, so no step is logged twice (offline, W&B writes a
   second run file with the same id whose history starts there). Training that fails finishes the
-  W&B run as failed; one stopped by Ctrl-C or SIGTERM is marked preempting, to be resumed.
+  W&B run as failed, with gptkit's exit code (2 for a GptkitError); one stopped by Ctrl-C or SIGTERM
+  ends with 130 or 143 and is marked preempting for W&B's server, to be resumed.
 - `jsonl-mirror`: appends every hook call as a JSON line to a file in the run folder (default
   events.jsonl): a record of what a tracker sees, and the smallest example of one.
 """

@@ -18,6 +18,7 @@ import pytest
 
 import gptkit
 import test_training
+from conftest import ROOT
 from gptkit.config import load_config
 from gptkit.errors import GptkitError, RunInterrupted
 from gptkit.runs import setup_run
@@ -108,6 +109,7 @@ def test_a_run_resumed_after_ctrl_c_continues_the_same_wandb_run_with_no_step_tw
     first, second = wandb_files(run_dir)
     cut, resumed = inspect(first, summary=True), inspect(second, summary=True)
     assert cut["run_id"] == resumed["run_id"]
+    assert (cut["state"], cut["exit_code"]) == ("failed", 130)  # 128 + SIGINT, the process's exit code
     assert cut["summary"]["error"].startswith("RunInterrupted: interrupted at step 3")
     assert resumed["state"] == "finished"
     steps = [item["_step"] for item in history(first)] + [item["_step"] for item in history(second)]
@@ -149,3 +151,12 @@ def test_trackers_are_built_by_the_main_process_only(tmp_path):
     finally:
         main.close()
     assert main.trackers == []
+
+
+def test_the_instruct_recipes_scores_reach_the_wandb_summary(tmp_path):
+    """on_run_end: the recipe's final metrics (the scorers' means) end up in the W&B run's summary."""
+    quick = ["train.max_steps=2", "train.batch_size=8", "data.dataset.count=200", "eval.max_new_tokens=2", "model.n_layers=1",
+             "run.threads=1", "track.trackers=[{name = 'wandb', mode = 'offline'}]"]
+    metrics = gptkit.run(load_config(ROOT / "experiments" / "quickstart.toml", quick))
+    summary = inspect(wandb_files(tmp_path / "runs" / "quickstart")[0], summary=True)
+    assert summary["state"] == "finished" and summary["summary"]["exact_match"] == metrics["exact_match"]
