@@ -81,9 +81,9 @@ class Sweep:
     def maximize(self) -> bool:
         return self.spec["metric"].get("goal", "minimize") == "maximize"
 
-    def trial_config(self, name: str, values: dict[str, Any], folder: Path, mode: str | None) -> Config:
+    def trial_config(self, name: str, values: dict[str, Any], mode: str | None) -> Config:
         """The trial's resolved config: the experiment with the trial's values, its own run folder
-        (resumed when it holds a checkpoint) and a W&B tracker grouped by sweep, in `mode` (None:
+        runs/<sweep>/<name> (resumed when it holds a checkpoint) and a W&B tracker grouped by sweep, in `mode` (None:
         W&B's own choice, WANDB_MODE or online)."""
         raw = json.loads(json.dumps(self.raw))
         trackers = raw.setdefault("track", {}).get("trackers", [])
@@ -91,7 +91,7 @@ class Sweep:
         wandb = {k: v for k, v in wandb.items() if k != "mode"} | ({"mode": mode} if mode else {}) | {"group": self.folder.name}
         raw["track"]["trackers"] = [*(t for t in trackers if t.get("name") != "wandb"), wandb]
         overrides = [override(key, value) for key, value in values.items()]
-        overrides += [f"run.name={name}", f"run.out_dir={folder / name}", "run.resume=auto"]
+        overrides += [f"run.name={name}", f"run.out_dir={self.folder / name}", "run.resume=auto"]
         return structure(raw, overrides, source=f"{self.program} with {' '.join(overrides)}", base=self.program.parent)
 
 
@@ -302,7 +302,7 @@ def run_offline(sweep: Sweep, count: int | None = None, resume: bool = False, lo
 
 def run_trial(sweep: Sweep, trials: list[dict[str, Any]], trial: dict[str, Any]) -> None:
     """One trial in this process; a trial that fails is recorded as failed and the sweep goes on."""
-    config = sweep.trial_config(trial["name"], trial["values"], sweep.folder, "offline")
+    config = sweep.trial_config(trial["name"], trial["values"], "offline")
     stopper = HyperbandStopper(sweep, [t for t in trials if t is not trial], trial) if "early_terminate" in sweep.spec else None
     if stopper is not None:
         plugins.manager.register(stopper)
@@ -353,7 +353,7 @@ def report(sweep: Sweep, trials: list[dict[str, Any]], log=print) -> list[dict[s
         log("  ".join(show(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
     best = order[0]
     if best["state"] == FINISHED:
-        config = sweep.trial_config(best["name"], best["values"], sweep.folder, "offline")
+        config = sweep.trial_config(best["name"], best["values"], "offline")
         raw = to_raw(config)
         raw.pop("provenance", None)
         raw["run"].update(name=f"{sweep.folder.name}-best", resume="none")
@@ -406,4 +406,4 @@ def online_trial(sweep: Sweep) -> None:
 
     with open(os.environ["WANDB_SWEEP_PARAM_PATH"], encoding="utf-8") as f:
         values = {k: v["value"] for k, v in (yaml.safe_load(f) or {}).items() if k in sweep.spec["parameters"]}
-    run_config(sweep.trial_config(os.environ["WANDB_RUN_ID"], values, sweep.folder, None))
+    run_config(sweep.trial_config(os.environ["WANDB_RUN_ID"], values, None))
