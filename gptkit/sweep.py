@@ -110,13 +110,16 @@ def sweep_engine():
     it warns about its own pydantic settings, which is nothing a user can act on."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Valid config keys have changed in V2", category=UserWarning)
-        import sweeps
+        try:
+            import sweeps
+        except ImportError:
+            raise GptkitError("gptkit sweep needs W&B's sweep engine: pip install 'gptkit[wandb]'") from None
     return sweeps
 
 
 def read_spec(path: Path) -> dict[str, Any]:
     """The sweep file's data (YAML, or TOML by its suffix); a malformed file names its line."""
-    import yaml  # comes with the wandb extra (wandb, sweeps)
+    import yaml  # PyYAML comes with the wandb extra (wandb and sweeps require it)
 
     text = read_text(path)
     if path.suffix == ".toml":
@@ -138,12 +141,13 @@ def read_spec(path: Path) -> dict[str, Any]:
 
 def load_sweep(path: str | Path, runs_dir: Path = Path("runs")) -> Sweep:
     """Read and check a sweep file; every error is raised here, before any trial or file."""
+    engine = sweep_engine()  # first: without the wandb extra, say so before anything else
     path = Path(path)
     spec = read_spec(path)
     method = spec.get("method")
     if method not in METHODS:
         raise GptkitError(f"{path}: method {method!r} is not one W&B knows ({', '.join(METHODS)})")
-    violations = sweep_engine().schema_violations_from_proposed_config(spec)
+    violations = engine.schema_violations_from_proposed_config(spec)
     if violations:
         raise GptkitError(f"{path}: not a valid W&B sweep configuration: {'; '.join(violations)}")
     if not isinstance(spec.get("program"), str):

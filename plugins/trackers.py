@@ -29,7 +29,7 @@ import attrs
 
 from gptkit import hookimpl
 from gptkit.config import to_raw
-from gptkit.errors import RunInterrupted
+from gptkit.errors import GptkitError, RunInterrupted
 from gptkit.files import append_text, atomic_write_text
 from gptkit.runs import flatten
 from gptkit.training import read_metrics
@@ -53,8 +53,10 @@ class WandbTracker:
     `on_train_error`). Hooks about other runs of the process are ignored."""
 
     def __init__(self, ctx, *, project, entity, mode, name, group, tags, log_checkpoints):
-        import wandb  # heavy: imported only when a run tracks with W&B
-
+        try:
+            import wandb  # heavy: imported only when a run tracks with W&B
+        except ImportError:
+            raise GptkitError("track.trackers: the wandb tracker needs the wandb package: pip install 'gptkit[wandb]'") from None
         self.wandb = wandb
         self.init_args = dict(project=project, entity=entity, mode=mode, name=name, group=group, tags=tags)
         self.log_checkpoints = log_checkpoints
