@@ -70,9 +70,12 @@ def events(run_dir: Path) -> list[str]:
 
 
 def test_offline_run_holds_every_metrics_row_samples_plot_and_summary(tmp_path):
-    gptkit.run(load_config(tiny_experiment(tmp_path), ["train.max_steps=5"]))
+    trackers = "track.trackers=[{name = 'wandb', mode = 'offline', log_checkpoints = true}, {name = 'jsonl-mirror'}]"
+    gptkit.run(load_config(tiny_experiment(tmp_path), ["train.max_steps=5", trackers]))
     run_dir = tmp_path / "runs" / "tiny"
     (log,) = wandb_files(run_dir)
+    artifacts = [r["artifact"] for r in inspect(log) if r["type"] == "artifact" and r["artifact"]["type"] == "model"]
+    assert [sorted(a["aliases"]) for a in artifacts] == [["latest", "step-5"]]
     logged = history(log)
     rows = metrics_rows(run_dir)
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
