@@ -34,6 +34,7 @@ from gptkit.interrupts import interrupts_deferred
 from gptkit.plugins import GptkitWarning, registry
 from gptkit.runs import resolve_device, run as run_config
 from gptkit.sources import load_model, load_model_and_prompt, load_source
+from gptkit.sweep import is_offline, load_sweep, run_offline, run_online
 from gptkit.version import __version__
 from gptkit.weights import check_vocab
 
@@ -147,6 +148,25 @@ def config_validate(experiments: tuple[str, ...], overrides: tuple[str, ...]) ->
             click.echo(f"{path}: ok")
     if failed:
         sys.exit(2)
+
+
+@cli.command()
+@click.argument("sweep_file", type=click.Path(dir_okay=False))
+@click.option("--count", type=int, help="Trials in all (offline; default: the whole grid, or run_cap); online, the trials of this agent.")
+@click.option("--offline", is_flag=True, help="Search locally even with W&B credentials (also: WANDB_MODE=offline, or none present).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted offline sweep (running the same command again does too).")
+def sweep(sweep_file: str, count: int | None, offline: bool, resume: bool) -> None:
+    """Run the W&B sweep SWEEP_FILE (W&B's sweep format, YAML or TOML) over its `program` experiment:
+    a W&B sweep when W&B is online, else the same search locally, in runs/<sweep>/ (see gptkit.sweep)."""
+    if count is not None and count < 1:
+        raise GptkitError(f"--count: must be >= 1, got {count}")
+    checked = load_sweep(sweep_file)
+    if is_offline(offline):
+        run_offline(checked, count, resume, log=click.echo)
+    elif resume:
+        raise GptkitError("--resume continues offline sweeps; an online sweep goes on with: wandb agent SWEEP_ID")
+    else:
+        click.echo(f"W&B sweep {run_online(checked, count)} done")
 
 
 DOWNLOAD_LOADERS = {"openai": "openai-tf", "hf": "hf"}  # --source -> checkpoint loader

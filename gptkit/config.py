@@ -478,6 +478,8 @@ def _parse_value(tp: Any, text: str) -> Any:
     is_text = inner is str or (typing.get_origin(inner) is Literal and all(isinstance(a, str) for a in typing.get_args(inner)))
     if is_text:
         return text
+    if inner is bool and text in ("True", "False"):  # Python's spelling, as `wandb agent` writes booleans
+        return text == "True"
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:

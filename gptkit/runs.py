@@ -51,7 +51,8 @@ class Run:
     module that trains, unwrapped); `precision` what `train.precision` resolved to here (fp32, bf16
     or fp16); `step` the last finished optimizer step; `rank` / `world_size` this process's place among
     the processes of the run (0 / 1 for one process); `is_main` whether this process writes the
-    folder, which it holds locked from `claim_folder` to `close`.
+    folder, which it holds locked from `claim_folder` to `close`; `trackers` the `[track]` trackers
+    that `track` registered with the plugin manager until `close`.
     """
 
     config: Config
@@ -64,6 +65,7 @@ class Run:
     rank: int = 0
     world_size: int = 1
     folder_lock: FolderLock | None = None
+    trackers: list[Any] = attrs.field(factory=list)
 
     @property
     def is_main(self) -> bool:
@@ -81,8 +83,21 @@ class Run:
             lock.acquire()
             self.folder_lock = lock
 
+    def track(self) -> None:
+        """Build the `[track]` trackers and register them with the plugin manager until `close`, so
+        that they receive the training hooks: once, and in the main process only (N processes make
+        one tracked run, not N)."""
+        if self.is_main and not self.trackers:
+            self.trackers = [registry.tracker.build(spec, self.ctx) for spec in self.config.track.trackers]
+            for tracker in self.trackers:
+                plugins.manager.register(tracker)
+
     def close(self) -> None:
-        """Release the run folder (`gptkit.run` does it when the recipe returns or fails)."""
+        """Unregister the trackers and release the run folder (`gptkit.run` does it when the recipe
+        returns or fails, after the `on_run_end` hook)."""
+        for tracker in self.trackers:
+            plugins.manager.unregister(tracker)
+        self.trackers = []
         if self.folder_lock is not None:
             self.folder_lock.release()
             self.folder_lock = None
@@ -149,18 +164,28 @@ def setup_run(config: Config) -> Run:
 
 
 def run(config: Config) -> dict[str, Any]:
-    """Run a resolved config with its recipe; returns the recipe's final metrics. The run folders
-    the recipe set up are released when it returns or fails. A training run stopped by SIGINT or
-    SIGTERM raises gptkit.errors.RunInterrupted once its checkpoint is saved."""
+    """Run a resolved config with its recipe; returns the recipe's final metrics. When the recipe
+    returns or fails, each run it set up gets the `on_run_end` hook and its folder is released. A
+    training run stopped by SIGINT or SIGTERM raises gptkit.errors.RunInterrupted once its
+    checkpoint is saved."""
     recipe = registry.recipe.get(config.run.recipe).factory
     opened: list[Run] = []
     token = _open_runs.set(opened)
+    metrics: dict[str, Any] = {}
+    error: BaseException | None = None
     try:
-        return recipe(config)
+        metrics = recipe(config)
+        return metrics
+    except BaseException as exc:
+        error = exc
+        raise
     finally:
         _open_runs.reset(token)
         for each in opened:
-            each.close()
+            try:
+                plugins.hook().on_run_end(run=each, metrics=metrics, error=error)
+            finally:
+                each.close()
 
 
 # --- the pieces of the setup --------------------------------------------------------------------

@@ -398,7 +398,6 @@ class Trainer:
         self.forward = torch.compile(run.model) if t.compile else run.model
         self.sampler = registry.sampler.build(config.generate.sampler, run.ctx)
         sample = sample or self.sample
-        trackers = [registry.tracker.build(spec, run.ctx) for spec in config.track.trackers]
         run.claim_folder()
         cleared = checkpoint.clean_run_folder(self.out_dir)
         if cleared:
@@ -411,8 +410,7 @@ class Trainer:
         samples_path = self.out_dir / "samples.txt"
         if not self.resume_from:
             samples_path.unlink(missing_ok=True)
-        for tracker in trackers:
-            plugins.manager.register(tracker)
+        run.track()
         row: dict[str, Any] = metrics.rows[-1] if metrics.rows else {}
         try:
             plugins.hook().on_train_start(run=run)
@@ -454,6 +452,7 @@ class Trainer:
                         text = sample()
                         tqdm.write(text.replace("\n", " "))
                         append_text(samples_path, f"epoch {epoch + 1}, step {self.step}:\n{text}\n\n")
+                        plugins.hook().on_sample(run=run, step=self.step, text=text)
                     patience_over = t.early_stopping_patience and self.evals_since_best >= t.early_stopping_patience
                     if patience_over:
                         tqdm.write(f"early stopping: no better val_loss in {self.evals_since_best} evaluations")
@@ -463,9 +462,9 @@ class Trainer:
                         break
             plot_losses(metrics.rows, self.out_dir / "loss.png")
             plugins.hook().on_train_end(run=run, metrics=row)
-        finally:
-            for tracker in trackers:
-                plugins.manager.unregister(tracker)
-        if stop.requested:  # raised once the progress bar is closed, so its message gets lines of its own
-            raise RunInterrupted(checkpoint=path, step=self.step, signal=stop.signal, metrics=row, resume_command=run.resume_command(path))
+            if stop.requested:  # raised once the progress bar is closed, so its message gets lines of its own
+                raise RunInterrupted(checkpoint=path, step=self.step, signal=stop.signal, metrics=row, resume_command=run.resume_command(path))
+        except BaseException as error:  # a NaN loss, a bug, a second Ctrl-C, an interruption: the trackers hear of it
+            plugins.hook().on_train_error(run=run, error=error)
+            raise
         return row
