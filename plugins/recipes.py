@@ -95,7 +95,9 @@ def instruct_recipe(config):
         return prompt + generate(run.model, run.tokenizer, prompt, max_new_tokens=g.max_new_tokens, sampler=sampler, seed=config.run.seed + run.step)
 
     final = trainer.fit(parts["train"], parts["val"], collator, sample=sample)
-    records = answer(run, [example.record for example in parts["test"]])
+    records = answer(run, [example.record for example in parts["test"]])  # on every rank: under fsdp each forward needs them all
+    if not run.is_main:
+        return final
     atomic_write_text(run.out_dir / "responses.json", json.dumps(records, indent=4, ensure_ascii=False) + "\n")
     scores, means = score_responses(records, config.eval.scorers, run.ctx)
     atomic_write_text(run.out_dir / "scores.json", json.dumps(scores, indent=2) + "\n")
@@ -121,7 +123,7 @@ def answer(run, records: list[dict]) -> list[dict]:
     sampler = registry.sampler.build(e.sampler, run.ctx) if e.sampler is not None else "greedy"
     prompts = prompts_of(run.ctx.prompt, records)
     answered = []
-    for start in tqdm(range(0, len(records), e.batch_size), desc="responses", unit="batch"):
+    for start in tqdm(range(0, len(records), e.batch_size), desc="responses", unit="batch", disable=not run.is_main):
         batch = prompts[start : start + e.batch_size]
         texts = generate(run.model, run.tokenizer, batch, max_new_tokens=e.max_new_tokens, sampler=sampler, seed=run.config.run.seed)
         answered += [{**record, "model_response": text.strip()} for record, text in zip(records[start:], texts)]

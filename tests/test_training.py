@@ -181,9 +181,9 @@ def test_interrupted_run_raises_run_interrupted_in_process(tmp_path, monkeypatch
 
     real = Trainer.train_step
 
-    def step_then_signal(self, examples):
-        result = real(self, examples)
-        if self.step == 2:  # the third step: the handler is installed, as for a real Ctrl-C
+    def step_then_signal(self, parts, examples, lr):
+        result = real(self, parts, examples, lr)
+        if self.run.step == 2:  # the third step: the handler is installed, as for a real Ctrl-C
             os.kill(os.getpid(), signal.SIGINT)
         return result
 
@@ -214,7 +214,7 @@ def test_retention_keeps_the_last_checkpoints(tmp_path):
     assert [p.name for p in checkpoint.step_checkpoints(tmp_path / "run")] == ["step-000006", "step-000007"]
     assert not [p for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.startswith(".")]
     state = checkpoint.load_training_state(tmp_path / "run" / "checkpoints" / "step-000007")
-    assert state["step"] == 7 and "optimizer" in state and state["rng"]["torch"].dtype == torch.uint8
+    assert state["step"] == 7 and "optimizer" in state and state["rng"][0]["torch"].dtype == torch.uint8  # by rank
 
 
 def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -239,7 +239,7 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypa
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     from gptkit import training
 
-    real = training.lm_loss
+    real = training.summed_lm_loss
     calls = []
 
     def poisoned(logits, targets, ignore_index):
@@ -247,7 +247,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_pa
         loss = real(logits, targets, ignore_index)
         return loss * math.nan if sum(calls) > 3 else loss  # the 4th training step goes NaN
 
-    monkeypatch.setattr(training, "lm_loss", poisoned)
+    monkeypatch.setattr(training, "summed_lm_loss", poisoned)
     with pytest.raises(GptkitError, match=r"training loss is nan at step 4; stopped without saving \(last good checkpoint: .*step-000002\)"):
         gptkit.run(tiny_config(tmp_path, "train.max_steps=8", "train.checkpoint_every=2"))
     assert [p.name for p in checkpoint.step_checkpoints(tmp_path / "run")] == ["step-000002"]
@@ -256,7 +256,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_pa
 def test_early_stopping_on_val_loss(tmp_path, monkeypatch):
     from gptkit.training import Trainer
 
-    monkeypatch.setattr(Trainer, "evaluate", lambda self: {"train_loss": 1.0, "val_loss": 2.0})
+    monkeypatch.setattr(Trainer, "evaluate", lambda self, parts: {"train_loss": 1.0, "val_loss": 2.0})
     final = gptkit.run(tiny_config(tmp_path, "train.eval_every=1", "train.early_stopping_patience=2"))
     assert final["step"] == 3  # step 1 sets the best; steps 2 and 3 do not improve on it
     assert [p.name for p in checkpoint.step_checkpoints(tmp_path / "run")] == ["step-000003"]
