@@ -15,11 +15,15 @@ from __future__ import annotations
 import datetime
 import functools
 import os
+import sys
 from typing import Any
 
 import attrs
 import torch
 import torch.distributed as dist
+import torch.distributed.run as torchrun
+from torch.distributed.elastic.multiprocessing.api import SignalException
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -44,24 +48,49 @@ FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 @attrs.frozen
 class Processes:
-    """This process's place in the run: `rank` of `world_size`, `local_rank` on its node."""
+    """This process's place in the run: `rank` of `world_size`, `local_rank` on its node;
+    `launched` when a launcher (torchrun) started it as part of a process group."""
 
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    launched: bool = False
 
     @classmethod
     def from_env(cls) -> "Processes":
-        """Read torchrun's variables; one process (0 of 1) when they are absent."""
+        """Read torchrun's variables; one plain process (0 of 1) when they are absent."""
+        if "WORLD_SIZE" not in os.environ:
+            return cls()
         try:
-            return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
+            return cls(int(os.environ.get("RANK", 0)), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)), launched=True)
         except ValueError as exc:
             raise GptkitError(f"RANK, WORLD_SIZE and LOCAL_RANK must be integers (as torchrun sets them): {exc}") from None
 
-    @property
-    def launched(self) -> bool:
-        """Whether a launcher (torchrun) started this process as part of a process group."""
-        return "WORLD_SIZE" in os.environ
+
+def check_batch(batch_size: int, grad_accum: int, world_size: int) -> None:
+    """train.batch_size is the global batch: several processes need it to split evenly."""
+    if world_size > 1 and batch_size % (world_size * grad_accum):
+        raise GptkitError(
+            f"train.batch_size = {batch_size} is the global batch: it must split evenly over "
+            f"{world_size} processes x train.grad_accum = {grad_accum}"
+        )
+
+
+def launch(nproc: int, args: list[str]) -> int:
+    """Run `python -m gptkit ARGS` in `nproc` processes on this machine with torchrun's own elastic
+    launcher (as `torchrun --standalone --nproc-per-node N -m gptkit ARGS`); returns the exit status:
+    0, or the first failed rank's (a rank killed by a signal: 128 + its number)."""
+    parsed = torchrun.get_args_parser().parse_args(["--standalone", f"--nproc-per-node={nproc}", "-m", "gptkit", *args])
+    try:
+        torchrun.run(parsed)
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        code = failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode
+        print(f"gptkit run --nproc {nproc}: rank {rank} exited with status {code}", file=sys.stderr)
+        return code
+    except SignalException as exc:  # Ctrl-C or SIGTERM to the launcher: it passed the signal on to every rank
+        return 128 + int(exc.sigval)
+    return 0
 
 
 def resolve_strategy(strategy: str, processes: Processes) -> str:
@@ -100,6 +129,11 @@ def start(processes: Processes, device: torch.device) -> None:
 def stop() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()
 
 
 def active() -> bool:

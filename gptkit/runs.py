@@ -170,7 +170,9 @@ def run(config: Config) -> dict[str, Any]:
     opened: list[Run] = []
     token = _open_runs.set(opened)
     try:
-        return recipe(config)
+        result = recipe(config)
+        distributed.barrier()  # no rank leaves the process group while another still works in it
+        return result
     finally:
         _open_runs.reset(token)
         for each in opened:

@@ -491,12 +491,7 @@ class Trainer:
         """The finetune strategy, the model under the distribution strategy, and the optimizer built
         after wrapping (FSDP replaces the parameters by their shards)."""
         run, t = self.run, self.run.config.train
-        world = run.world_size
-        if world > 1 and t.batch_size % (world * t.grad_accum):
-            raise GptkitError(
-                f"train.batch_size = {t.batch_size} is the global batch: it must split evenly over "
-                f"{world} processes x train.grad_accum = {t.grad_accum}"
-            )
+        distributed.check_batch(t.batch_size, t.grad_accum, run.world_size)
         steps_per_epoch = len(train_set) // t.batch_size
         if steps_per_epoch == 0:
             raise GptkitError(f"the training split has {len(train_set)} examples, fewer than train.batch_size = {t.batch_size}")

@@ -1,0 +1,223 @@
+"""Training on several processes (torch.distributed, gloo on CPU): 2 processes sharing the global
+batch follow 1 process's losses, for ddp and fsdp, pretraining and instruction fine-tuning; a
+checkpoint of 2 processes resumes on 1 and on 2; only rank 0 writes; bad input is one line, exit 2.
+
+Each multi-process run is started the way users start them (`gptkit run --nproc 2`, or torchrun
+itself) on a tiny model, and run once per module."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import gptkit
+from gptkit.config import load_config
+from gptkit.errors import GptkitError
+
+TEXT = "".join(f"Line {i}: every effort moves you, said Jack Gisburn, {i * 7 % 13} times.\n" for i in range(24))
+
+PRETRAIN = """
+[run]
+name = "tiny-dist"
+recipe = "pretrain"
+seed = 7
+device = "cpu"
+threads = 1
+[model]
+vocab_size = 257
+context_length = 32
+emb_dim = 16
+n_heads = 2
+n_layers = 2
+drop_rate = 0.0
+[data]
+tokenizer = { name = "bytes" }
+dataset = { name = "text", path = "text.txt" }
+split = [0.9, 0.1]
+[train]
+epochs = 100
+max_steps = 20
+batch_size = 4
+lr = 3e-3
+eval_every = 5
+eval_batches = 2
+checkpoint_every = 10
+keep_checkpoints = 5
+save_best = false
+precision = "fp32"
+[generate]
+max_new_tokens = 8
+"""
+
+INSTRUCT = """
+[run]
+name = "tiny-dist-instruct"
+recipe = "instruct"
+seed = 7
+device = "cpu"
+threads = 1
+[model]
+vocab_size = 257
+context_length = 64
+emb_dim = 16
+n_heads = 2
+n_layers = 2
+drop_rate = 0.0
+[data]
+tokenizer = { name = "bytes" }
+dataset = { name = "synthetic-tasks", count = 120, word_length = [3, 7] }
+prompt = { name = "compact" }
+collator = { name = "masked-response", mask_prompt = true }
+split = [0.8, 0.1, 0.1]
+[train]
+epochs = 100
+max_steps = 20
+batch_size = 4
+lr = 3e-3
+eval_every = 5
+eval_batches = 2
+save_best = false
+precision = "fp32"
+[generate]
+sampler = { name = "greedy" }
+max_new_tokens = 6
+[eval]
+max_new_tokens = 6
+batch_size = 6
+scorers = [{ name = "exact-match" }]
+"""
+
+TOLERANCE = 1e-5  # fp32: the processes sum the same per-token losses in another order
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("dist")
+    (folder / "text.txt").write_text(TEXT, encoding="utf-8")
+    (folder / "pretrain.toml").write_text(PRETRAIN, encoding="utf-8")
+    (folder / "instruct.toml").write_text(INSTRUCT, encoding="utf-8")
+    return folder
+
+
+def two_processes(folder: Path, experiment: str, *overrides: str, launcher: str = "gptkit") -> subprocess.CompletedProcess:
+    """`gptkit run --nproc 2 ...`, or the same under torchrun itself (`launcher="torchrun"`)."""
+    if launcher == "gptkit":
+        command = [sys.executable, "-m", "gptkit", "run", "--nproc", "2", experiment, *overrides]
+    else:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "gptkit", "run", experiment, *overrides]
+    done = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def one_process(folder: Path, experiment: str, *overrides: str) -> dict:
+    return gptkit.run(load_config(folder / experiment, list(overrides)))
+
+
+def rows(run_dir: Path) -> dict[int, dict]:
+    """metrics.jsonl by step; a step logged twice would be an error."""
+    logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len({r["step"] for r in logged}) == len(logged), "one row per step"
+    return {r["step"]: r for r in logged}
+
+
+def assert_same_course(reference: Path, other: Path, steps: range, padded: bool = False) -> None:
+    """Same losses at every step; same tokens_seen unless batches are padded (each process pads its
+    share to its own longest example, and tokens_seen counts the inputs computed)."""
+    want, got = rows(reference), rows(other)
+    assert sorted(got) == list(steps)
+    for step in steps:
+        assert got[step]["loss"] == pytest.approx(want[step]["loss"], abs=TOLERANCE), step
+        assert padded or got[step]["tokens_seen"] == want[step]["tokens_seen"]
+        for key in ("train_loss", "val_loss"):
+            assert (key in got[step]) == (key in want[step])
+            if key in want[step]:
+                assert got[step][key] == pytest.approx(want[step][key], abs=TOLERANCE), (step, key)
+
+
+@pytest.fixture(scope="module")
+def pretrain_runs(folder) -> dict[str, Path]:
+    """The tiny pretraining run on 1 process, on 2 with ddp (gptkit run --nproc) and on 2 with fsdp (torchrun)."""
+    runs = {name: folder / f"pretrain-{name}" for name in ("single", "ddp", "fsdp")}
+    one_process(folder, "pretrain.toml", f"run.out_dir={runs['single']}")
+    two_processes(folder, "pretrain.toml", f"run.out_dir={runs['ddp']}")
+    two_processes(folder, "pretrain.toml", f"run.out_dir={runs['fsdp']}", "train.strategy=fsdp", launcher="torchrun")
+    return runs
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_follow_one_process_pretraining(pretrain_runs, strategy):
+    run = pretrain_runs[strategy]
+    assert_same_course(pretrain_runs["single"], run, range(1, 21))
+    provenance = tomllib.loads((run / "config.toml").read_text())["provenance"]
+    assert provenance["world_size"] == 2 and provenance["strategy"] == strategy
+    assert (run / "samples.txt").read_text().count("Every effort moves you") == 2  # rank 0 alone writes: once per epoch end
+    assert (run / "loss.png").is_file()
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_checkpoint_of_two_processes_is_a_plain_model_folder(pretrain_runs, strategy):
+    """Consolidated full weights, equal to the 1-process run's at the same step."""
+    saved = pretrain_runs[strategy] / "checkpoints" / "step-000010"
+    want = load_file(pretrain_runs["single"] / "checkpoints" / "step-000010" / "model.safetensors")
+    got = load_file(saved / "model.safetensors")
+    assert got.keys() == want.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], atol=TOLERANCE, rtol=0)
+    model, tokenizer = gptkit.load_model(saved)
+    assert tokenizer.name == "bytes" and model.config.n_layers == 2
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_checkpoint_of_two_processes_resumes_on_one(pretrain_runs, folder, strategy):
+    resumed = folder / f"resumed-{strategy}-on-1"
+    one_process(folder, "pretrain.toml", f"run.out_dir={resumed}", f"run.resume={pretrain_runs[strategy] / 'checkpoints' / 'step-000010'}")
+    assert_same_course(pretrain_runs["single"], resumed, range(11, 21))
+
+
+def test_checkpoint_of_two_processes_resumes_on_two_with_another_strategy(pretrain_runs, folder):
+    resumed = folder / "resumed-ddp-on-2-fsdp"
+    checkpoint = pretrain_runs["ddp"] / "checkpoints" / "step-000010"
+    two_processes(folder, "pretrain.toml", f"run.out_dir={resumed}", f"run.resume={checkpoint}", "train.strategy=fsdp")
+    assert_same_course(pretrain_runs["single"], resumed, range(11, 21))
+
+
+@pytest.fixture(scope="module")
+def instruct_runs(folder) -> dict[str, Path]:
+    runs = {name: folder / f"instruct-{name}" for name in ("single", "ddp", "fsdp")}
+    one_process(folder, "instruct.toml", f"run.out_dir={runs['single']}")
+    for strategy in ("ddp", "fsdp"):
+        two_processes(folder, "instruct.toml", f"run.out_dir={runs[strategy]}", f"train.strategy={strategy}")
+    return runs
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_follow_one_process_on_masked_targets(instruct_runs, strategy):
+    """The masked-response collator gives each example its own number of targets: the loss is
+    weighted by tokens over the whole global batch, not a mean of the ranks' means."""
+    assert_same_course(instruct_runs["single"], instruct_runs[strategy], range(1, 21), padded=True)
+    responses = json.loads((instruct_runs[strategy] / "responses.json").read_text())
+    assert responses == json.loads((instruct_runs["single"] / "responses.json").read_text())
+    assert (instruct_runs[strategy] / "scores.json").is_file()
+
+
+def test_odd_global_batch_fails_naming_train_batch_size(folder):
+    done = subprocess.run(
+        [sys.executable, "-m", "gptkit", "run", "--nproc", "2", "pretrain.toml", "train.batch_size=5", f"run.out_dir={folder / 'odd'}"],
+        cwd=folder, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "train.batch_size = 5" in done.stderr, done.stderr
+    assert not (folder / "odd").exists()
+
+
+def test_fsdp_needs_processes_started_by_torchrun(folder):
+    with pytest.raises(GptkitError, match=r"train.strategy = \"fsdp\" needs processes started by torchrun"):
+        one_process(folder, "pretrain.toml", f"run.out_dir={folder / 'alone'}", "train.strategy=fsdp")
