@@ -46,7 +46,8 @@ class GptkitGroup(click.Group):
         try:
             return super().invoke(ctx)
         except RunInterrupted as exc:
-            click.echo(str(exc), err=True)
+            if distributed.Processes.from_env().rank == 0:  # every rank stopped at the same step; one says so
+                click.echo(str(exc), err=True)
             sys.exit(exc.exit_code)
         except GptkitError as exc:
             if ctx.obj and ctx.obj.get("debug"):

@@ -138,8 +138,9 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 class StopRequest:
     """While active, SIGINT (Ctrl-C) and SIGTERM (sent by schedulers, `wandb agent` and torchrun)
     ask the loop to stop after the current step and save; a second signal aborts at once, unless
-    `abort_on_second` is False: under torchrun, whose agent passes the signal it gets on to workers
-    that got it from the terminal too (its own SIGKILL after a grace period is the hard stop there)."""
+    `abort_on_second` is False: with several processes, where torchrun's agent passes on the signal
+    it gets and a scheduler may signal the workers as well (the agent's SIGKILL after its grace
+    period is the hard stop there)."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 

@@ -42,10 +42,11 @@ def generate_recipe(config):
     (completion,) = generation.run()
     seconds = time.perf_counter() - start
     text = g.prompt + run.tokenizer.decode(completion.new_ids)
-    print(text)
-    run.write_config()
-    atomic_write_text(run.out_dir / "samples.txt", text + "\n")
-    save_model(run.out_dir / MODEL, run.model, run.tokenizer)
+    if run.is_main:  # under torchrun every rank generates the same; rank 0 writes
+        print(text)
+        run.write_config()
+        atomic_write_text(run.out_dir / "samples.txt", text + "\n")
+        save_model(run.out_dir / MODEL, run.model, run.tokenizer)
     new_tokens = len(completion.new_ids)
     return {"new_tokens": new_tokens, "tokens_per_s": new_tokens / seconds if seconds > 0 else 0.0}
 
@@ -136,9 +137,10 @@ def evaluate_recipe(config):
         raise GptkitError("eval.text: required by the evaluate recipe (a UTF-8 text file)")
     run = setup_run(config)
     result = text_loss(run.model, run.tokenizer.encode(read_text(config.eval.text)), stride=config.eval.stride)
-    run.write_config()
-    atomic_write_text(run.out_dir / "eval.json", json.dumps(result) + "\n")
-    print(json.dumps(result))
+    if run.is_main:  # under torchrun every rank computes the same; rank 0 writes
+        run.write_config()
+        atomic_write_text(run.out_dir / "eval.json", json.dumps(result) + "\n")
+        print(json.dumps(result))
     return result
 
 
