@@ -30,6 +30,7 @@ EXEMPT = {
     "python benchmarks/": "benchmarks take minutes; never asserted in tests",
     "zsh_source": "a zsh line (the test shell is bash)",
     "fish_source": "a fish line (the test shell is bash)",
+    "--nnodes 2": "needs two machines",
 }
 # A bash line that is exactly the key is not run, for the reason given.
 EXEMPT_LINES = {
@@ -41,7 +42,7 @@ SHORTENED = {
     "experiments/quickstart.toml": ["train.max_steps=4", "eval.max_new_tokens=4"],
     "experiments/instruct_medium.toml": ["train.max_steps=2", "eval.max_new_tokens=4"],
     "experiments/instruct_test.toml": ["train.max_steps=2"],
-    "experiments/tiny_pretrain.toml": ["train.max_steps=4"],
+    "experiments/tiny_pretrain.toml": ["train.max_steps=4"],  # also under --nproc 2 and torchrun
     "experiments/pretrain_verdict.toml": ["train.max_steps=1", "train.eval_batches=1", "model.n_layers=1"],
 }
 # A python block line containing the key is left out, for the reason given.
