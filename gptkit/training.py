@@ -500,8 +500,11 @@ class Trainer:
         dtype = AUTOCAST_DTYPES[run.precision]
         if run.strategy == "fsdp" and dtype == torch.float16:
             raise GptkitError("train.precision = \"fp16\" needs a gradient scaler over shards, which gptkit's fsdp does not have; use bf16 (or ddp)")
-        if t.cpu_offload and run.strategy != "fsdp":
-            raise GptkitError(f"train.cpu_offload = true offloads fsdp's shards, but train.strategy resolved to {run.strategy!r}; set train.strategy = \"fsdp\"")
+        if t.cpu_offload and (run.strategy != "fsdp" or run.device.type != "cuda"):
+            raise GptkitError(
+                f"train.cpu_offload = true moves fsdp's shards from the GPUs to CPU memory, but this run has "
+                f"train.strategy {run.strategy!r} on {run.device.type}; it needs train.strategy = \"fsdp\" on CUDA"
+            )
         finetune = registry.finetune.build(t.finetune, run.ctx)
         finetune.prepare(run.model)
         if run.strategy == "fsdp" and finetune.trained_state(run.model) is not None:

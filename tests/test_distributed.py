@@ -145,11 +145,12 @@ def assert_same_course(reference: Path, other: Path, steps: range, padded: bool 
 
 @pytest.fixture(scope="module")
 def pretrain_runs(folder) -> dict[str, Path]:
-    """The tiny pretraining run on 1 process, on 2 with ddp (gptkit run --nproc) and on 2 with fsdp (torchrun)."""
+    """The tiny pretraining run on 1 process, on 2 with ddp (gptkit run --nproc) and on 2 with fsdp
+    and activation checkpointing (torchrun), which recomputes the same activations."""
     runs = {name: folder / f"pretrain-{name}" for name in ("single", "ddp", "fsdp")}
     one_process(folder, "pretrain.toml", f"run.out_dir={runs['single']}")
     two_processes(folder, "pretrain.toml", f"run.out_dir={runs['ddp']}")
-    two_processes(folder, "pretrain.toml", f"run.out_dir={runs['fsdp']}", "train.strategy=fsdp", launcher="torchrun")
+    two_processes(folder, "pretrain.toml", f"run.out_dir={runs['fsdp']}", "train.strategy=fsdp", "train.activation_checkpointing=true", launcher="torchrun")
     return runs
 
 
@@ -221,3 +222,8 @@ def test_odd_global_batch_fails_naming_train_batch_size(folder):
 def test_fsdp_needs_processes_started_by_torchrun(folder):
     with pytest.raises(GptkitError, match=r"train.strategy = \"fsdp\" needs processes started by torchrun"):
         one_process(folder, "pretrain.toml", f"run.out_dir={folder / 'alone'}", "train.strategy=fsdp")
+
+
+def test_cpu_offload_needs_fsdp_on_cuda(folder):
+    with pytest.raises(GptkitError, match=r"train.cpu_offload = true .* needs train.strategy = \"fsdp\" on CUDA"):
+        one_process(folder, "pretrain.toml", f"run.out_dir={folder / 'offload'}", "train.cpu_offload=true")
