@@ -5,7 +5,14 @@ its own examples and collator with the run's context, and calls
 `Trainer(run).fit(train_set, val_set, collator)`.
 The engine owns the rest: the `[train] finetune` strategy, AdamW with weight-decay groups, the LR
 schedule, gradient accumulation and clipping, mixed precision, evaluation, samples, metrics.jsonl,
-loss.png, checkpoints, exact resume, Ctrl-C and SIGTERM, and the training-event hooks.
+loss.png, checkpoints, exact resume, Ctrl-C and SIGTERM, and the training-event hooks. What `fit`
+builds once lives in `Parts`, where the run stands in `Progress`; both travel as arguments.
+
+Under torchrun the same loop runs in every process (gptkit.distributed: ddp or fsdp). `batch_size`
+stays the global batch, each rank taking its share; a step's loss is the sum of per-token losses
+over the target count of the whole global batch (all-reduced), so N processes follow one. Rank 0
+alone writes and calls the hooks; every rank joins evaluation, samples and checkpoint gathering;
+a stop (a signal to any rank, early stopping) is agreed by all.
 
 Semantics follow the original scripts (llms-from-scratch ch05 `train_model_simple`): one optimizer
 step per `batch_size` examples, incomplete last batches dropped; evaluation after the first step and
@@ -179,14 +186,12 @@ class StopRequest:
 class Parts:
     """What `fit` builds once and every step uses; read, never replaced, while the run trains.
 
-    `model` is the model that trains, as the run holds it (run.model: what generation, the hooks and
-    the saved folders see); `forward` is the module that computes the training loss: `model` under
-    the strategy (a DistributedDataParallel wrapper for ddp; for fsdp, `model` itself, sharded in
-    place) and compiled with train.compile."""
+    The model that trains is `run.model` (what generation, the hooks and saved folders see);
+    `forward` is the module that computes the training loss: run.model under `run.strategy` (a
+    DistributedDataParallel wrapper for ddp; for fsdp, run.model itself, sharded in place), compiled
+    with train.compile."""
 
-    model: torch.nn.Module
     forward: torch.nn.Module
-    strategy: str
     finetune: Any
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
@@ -292,19 +297,18 @@ class Trainer:
             )
         if t.grad_clip > 0:
             parts.scaler.unscale_(parts.optimizer)
-            torch.nn.utils.clip_grad_norm_(parts.model.parameters(), t.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self.run.model.parameters(), t.grad_clip)
         parts.scaler.step(parts.optimizer)
         parts.scaler.update()
         parts.optimizer.zero_grad(set_to_none=True)
         return loss, int(tokens)
 
-    @staticmethod
-    def gradient_sync(parts: Parts, *, last: bool):
+    def gradient_sync(self, parts: Parts, *, last: bool):
         """Gradients are averaged over ranks once per step, after the last micro-batch."""
-        if parts.strategy == "ddp" and not last:
+        if self.run.strategy == "ddp" and not last:
             return parts.forward.no_sync()
-        if parts.strategy == "fsdp":
-            parts.model.set_requires_gradient_sync(last)
+        if self.run.strategy == "fsdp":
+            self.run.model.set_requires_gradient_sync(last)
         return contextlib.nullcontext()
 
     @torch.no_grad()  # not inference_mode: FSDP reuses the buffers it gathers parameters into
@@ -335,7 +339,7 @@ class Trainer:
         """A sample from `[generate] prompt` with `[generate] sampler`, seeded by step (the training RNG is untouched)."""
         g = self.run.config.generate
         completion = generate(
-            parts.model,
+            self.run.model,
             self.run.tokenizer,
             g.prompt,
             max_new_tokens=g.max_new_tokens,
@@ -350,10 +354,10 @@ class Trainer:
     def saved_weights(self, parts: Parts) -> dict[str, torch.Tensor]:
         """The full weights a saved model folder holds, on rank 0 (empty elsewhere); under fsdp
         every rank takes part in gathering them."""
-        if parts.strategy == "fsdp":
-            full = distributed.full_model_state(parts.model)
-            return checkpoint.canonical_weights(full, parts.model.config) if self.run.is_main else {}
-        return parts.finetune.saved_weights(parts.model) if self.run.is_main else {}
+        if self.run.strategy == "fsdp":
+            full = distributed.full_model_state(self.run.model)
+            return checkpoint.canonical_weights(full, self.run.model.config) if self.run.is_main else {}
+        return parts.finetune.saved_weights(self.run.model) if self.run.is_main else {}
 
     def state(self, parts: Parts, progress: Progress) -> dict[str, Any]:
         """The training state of a checkpoint (every rank takes part): the optimizer's state whole,
@@ -364,13 +368,13 @@ class Trainer:
             "step": self.run.step,
             "tokens_seen": progress.tokens_seen,
             "steps_per_epoch": parts.steps_per_epoch,
-            "optimizer": distributed.full_optimizer_state(parts.model, parts.optimizer),
+            "optimizer": distributed.full_optimizer_state(self.run.model, parts.optimizer),
             "scaler": parts.scaler.state_dict(),
             "rng": rngs,  # by rank
             "world_size": self.run.world_size,
             "best_val_loss": progress.best_val_loss,
             "evals_since_best": progress.evals_since_best,
-            "finetune": parts.finetune.trained_state(parts.model),
+            "finetune": parts.finetune.trained_state(self.run.model),
             "config": to_raw(self.run.config),  # what Run.check_resume compares on resume
         }
 
@@ -384,8 +388,8 @@ class Trainer:
             try:
                 self.write_best(parts, progress)
                 checkpoint.save_checkpoint(
-                    run.out_dir, run.step, parts.model, run.tokenizer, state, run.config.train.keep_checkpoints,
-                    weights=weights, prompt=run.config.data.prompt, extra_files=lambda folder: parts.finetune.save_files(parts.model, folder),
+                    run.out_dir, run.step, run.model, run.tokenizer, state, run.config.train.keep_checkpoints,
+                    weights=weights, prompt=run.config.data.prompt, extra_files=lambda folder: parts.finetune.save_files(run.model, folder),
                 )
             except WriteError as exc:
                 kept = f"the previous checkpoint {previous[-1]} is intact" if previous else "no earlier checkpoint exists"
@@ -429,13 +433,13 @@ class Trainer:
         )
         if state.get("finetune") is None:
             weights = checkpoint.load_model_files(path, run.ctx).state_dict
-            if parts.strategy == "fsdp":
-                distributed.load_full_model_state(parts.model, weights)
+            if self.run.strategy == "fsdp":
+                distributed.load_full_model_state(run.model, weights)
             else:
-                load_state(parts.model, weights, path)
+                load_state(run.model, weights, path)
         else:
-            parts.finetune.load_trained_state(parts.model, state["finetune"])
-        distributed.load_full_optimizer_state(parts.model, parts.optimizer, state["optimizer"])
+            parts.finetune.load_trained_state(run.model, state["finetune"])
+        distributed.load_full_optimizer_state(run.model, parts.optimizer, state["optimizer"])
         parts.scaler.load_state_dict(state["scaler"])
         if run.rank < len(state["rng"]):
             rng = state["rng"][run.rank]
@@ -467,7 +471,7 @@ class Trainer:
     def write_best(self, parts: Parts, progress: Progress) -> None:
         if progress.best_weights is not None:
             best = self.run.out_dir / checkpoint.CHECKPOINTS / checkpoint.BEST
-            checkpoint.save_model(best, parts.model, self.run.tokenizer, weights=progress.best_weights, prompt=self.run.config.data.prompt)
+            checkpoint.save_model(best, self.run.model, self.run.tokenizer, weights=progress.best_weights, prompt=self.run.config.data.prompt)
             progress.best_weights = None
 
     # -- the loop --
@@ -513,9 +517,7 @@ class Trainer:
             distributed.checkpoint_activations(run.model)
         wrapped = distributed.wrap(run.model, run.strategy, run.device, dtype, t.cpu_offload)
         return Parts(
-            model=run.model,
             forward=torch.compile(wrapped) if t.compile else wrapped,
-            strategy=run.strategy,
             finetune=finetune,
             optimizer=build_optimizer(run.model, lr=t.lr, weight_decay=t.weight_decay, betas=t.betas, device=run.device),
             scaler=torch.amp.GradScaler(run.device.type, enabled=dtype == torch.float16),

@@ -21,41 +21,13 @@ from safetensors.torch import load_file
 import gptkit
 from gptkit.config import load_config
 from gptkit.errors import GptkitError
+from gptkit.testing import write_tiny_pretrain
 
-TEXT = "".join(f"Line {i}: every effort moves you, said Jack Gisburn, {i * 7 % 13} times.\n" for i in range(24))
-
-PRETRAIN = """
-[run]
-name = "tiny-dist"
-recipe = "pretrain"
-seed = 7
-device = "cpu"
-threads = 1
-[model]
-vocab_size = 257
-context_length = 32
-emb_dim = 16
-n_heads = 2
-n_layers = 2
-drop_rate = 0.0
-[data]
-tokenizer = { name = "bytes" }
-dataset = { name = "text", path = "text.txt" }
-split = [0.9, 0.1]
-[train]
-epochs = 100
-max_steps = 20
-batch_size = 4
-lr = 3e-3
-eval_every = 5
-eval_batches = 2
-checkpoint_every = 10
-keep_checkpoints = 5
-save_best = false
-precision = "fp32"
-[generate]
-max_new_tokens = 8
-"""
+# gptkit.testing's tiny pretraining run (tiny.toml), without dropout, 20 steps, a checkpoint at 10
+PRETRAIN = [
+    "run.threads=1", "model.drop_rate=0.0", "train.epochs=100", "train.max_steps=20", "train.eval_every=5",
+    "train.checkpoint_every=10", "train.keep_checkpoints=5",
+]
 
 INSTRUCT = """
 [run]
@@ -101,8 +73,7 @@ TOLERANCE = 1e-5  # fp32: the processes sum the same per-token losses in another
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("dist")
-    (folder / "text.txt").write_text(TEXT, encoding="utf-8")
-    (folder / "pretrain.toml").write_text(PRETRAIN, encoding="utf-8")
+    write_tiny_pretrain(folder)
     (folder / "instruct.toml").write_text(INSTRUCT, encoding="utf-8")
     return folder
 
@@ -148,9 +119,9 @@ def pretrain_runs(folder) -> dict[str, Path]:
     """The tiny pretraining run on 1 process, on 2 with ddp (gptkit run --nproc) and on 2 with fsdp
     and activation checkpointing (torchrun), which recomputes the same activations."""
     runs = {name: folder / f"pretrain-{name}" for name in ("single", "ddp", "fsdp")}
-    one_process(folder, "pretrain.toml", f"run.out_dir={runs['single']}")
-    two_processes(folder, "pretrain.toml", f"run.out_dir={runs['ddp']}")
-    two_processes(folder, "pretrain.toml", f"run.out_dir={runs['fsdp']}", "train.strategy=fsdp", "train.activation_checkpointing=true", launcher="torchrun")
+    one_process(folder, "tiny.toml", *PRETRAIN, f"run.out_dir={runs['single']}")
+    two_processes(folder, "tiny.toml", *PRETRAIN, f"run.out_dir={runs['ddp']}")
+    two_processes(folder, "tiny.toml", *PRETRAIN, f"run.out_dir={runs['fsdp']}", "train.strategy=fsdp", "train.activation_checkpointing=true", launcher="torchrun")
     return runs
 
 
@@ -180,14 +151,14 @@ def test_checkpoint_of_two_processes_is_a_plain_model_folder(pretrain_runs, stra
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_checkpoint_of_two_processes_resumes_on_one(pretrain_runs, folder, strategy):
     resumed = folder / f"resumed-{strategy}-on-1"
-    one_process(folder, "pretrain.toml", f"run.out_dir={resumed}", f"run.resume={pretrain_runs[strategy] / 'checkpoints' / 'step-000010'}")
+    one_process(folder, "tiny.toml", *PRETRAIN, f"run.out_dir={resumed}", f"run.resume={pretrain_runs[strategy] / 'checkpoints' / 'step-000010'}")
     assert_same_course(pretrain_runs["single"], resumed, range(11, 21))
 
 
 def test_checkpoint_of_two_processes_resumes_on_two_with_another_strategy(pretrain_runs, folder):
     resumed = folder / "resumed-ddp-on-2-fsdp"
     checkpoint = pretrain_runs["ddp"] / "checkpoints" / "step-000010"
-    two_processes(folder, "pretrain.toml", f"run.out_dir={resumed}", f"run.resume={checkpoint}", "train.strategy=fsdp")
+    two_processes(folder, "tiny.toml", *PRETRAIN, f"run.out_dir={resumed}", f"run.resume={checkpoint}", "train.strategy=fsdp")
     assert_same_course(pretrain_runs["single"], resumed, range(11, 21))
 
 
@@ -212,7 +183,7 @@ def test_two_processes_follow_one_process_on_masked_targets(instruct_runs, strat
 
 def test_odd_global_batch_fails_naming_train_batch_size(folder):
     done = subprocess.run(
-        [sys.executable, "-m", "gptkit", "run", "--nproc", "2", "pretrain.toml", "train.batch_size=5", f"run.out_dir={folder / 'odd'}"],
+        [sys.executable, "-m", "gptkit", "run", "--nproc", "2", "tiny.toml", *PRETRAIN, "train.batch_size=5", f"run.out_dir={folder / 'odd'}"],
         cwd=folder, capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "train.batch_size = 5" in done.stderr, done.stderr
@@ -221,9 +192,9 @@ def test_odd_global_batch_fails_naming_train_batch_size(folder):
 
 def test_fsdp_needs_processes_started_by_torchrun(folder):
     with pytest.raises(GptkitError, match=r"train.strategy = \"fsdp\" needs processes started by torchrun"):
-        one_process(folder, "pretrain.toml", f"run.out_dir={folder / 'alone'}", "train.strategy=fsdp")
+        one_process(folder, "tiny.toml", *PRETRAIN, f"run.out_dir={folder / 'alone'}", "train.strategy=fsdp")
 
 
 def test_cpu_offload_needs_fsdp_on_cuda(folder):
     with pytest.raises(GptkitError, match=r"train.cpu_offload = true .* needs train.strategy = \"fsdp\" on CUDA"):
-        one_process(folder, "pretrain.toml", f"run.out_dir={folder / 'offload'}", "train.cpu_offload=true")
+        one_process(folder, "tiny.toml", *PRETRAIN, f"run.out_dir={folder / 'offload'}", "train.cpu_offload=true")
