@@ -7,7 +7,7 @@ on CPU, NCCL on CUDA, with a timeout so that a rank that died does not hang the 
 and `wrap` puts the model under the strategy: `ddp` (DistributedDataParallel: a full replica per
 process, gradients all-reduced) or `fsdp` (FSDP2 `fully_shard`: parameters, gradients and optimizer
 state sharded per transformer block). The helpers below are the only collectives the engine uses:
-sums, agreement on a flag, and gathering full weights and optimizer state for a checkpoint.
+sums, agreement on a stop (the largest signal number), and gathering full weights and optimizer state for a checkpoint.
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ try:  # FSDP2; torch builds without it make strategy = "fsdp" a clear error
 except ImportError:  # pragma: no cover - torch < 2.6
     fully_shard = None
 
-STRATEGIES = ("auto", "single", "ddp", "fsdp")
 TIMEOUT = datetime.timedelta(minutes=10)  # a collective waiting longer means a rank died or hangs
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
