@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 
@@ -19,6 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 import gptkit
+from gptkit import checkpoint
 from gptkit.config import load_config
 from gptkit.errors import GptkitError
 from gptkit.testing import write_tiny_pretrain
@@ -52,7 +55,8 @@ split = [0.8, 0.1, 0.1]
 [train]
 epochs = 100
 max_steps = 20
-batch_size = 4
+batch_size = 8
+grad_accum = 2
 lr = 3e-3
 eval_every = 5
 eval_batches = 2
@@ -174,11 +178,47 @@ def instruct_runs(folder) -> dict[str, Path]:
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_processes_follow_one_process_on_masked_targets(instruct_runs, strategy):
     """The masked-response collator gives each example its own number of targets: the loss is
-    weighted by tokens over the whole global batch, not a mean of the ranks' means."""
+    weighted by tokens over the whole global batch, not a mean of the ranks' or micro-batches'
+    means. Each process splits its share in 2 micro-batches, synchronising gradients after the last."""
     assert_same_course(instruct_runs["single"], instruct_runs[strategy], range(1, 21), padded=True)
     responses = json.loads((instruct_runs[strategy] / "responses.json").read_text())
     assert responses == json.loads((instruct_runs["single"] / "responses.json").read_text())
     assert (instruct_runs[strategy] / "scores.json").is_file()
+
+
+def worker_of_rank(launcher: int, rank: int) -> int | None:
+    """The pid of the process of `rank` that the launcher process `launcher` started, if running."""
+    children = [int(pid) for task in Path(f"/proc/{launcher}/task").iterdir() for pid in (task / "children").read_text().split()]
+    for pid in children:
+        try:
+            if f"RANK={rank}".encode() in (Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")):
+                return pid
+        except OSError:
+            continue
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the worker processes in /proc (Linux)")
+def test_sigterm_to_one_process_stops_every_process_at_the_same_step(folder):
+    """A stop is agreed: SIGTERM to rank 1 alone stops both ranks after the same step; they save one
+    checkpoint together, and the launcher exits 143, saying so once."""
+    out = folder / "stopped"
+    command = [sys.executable, "-m", "gptkit", "run", "--nproc", "2", "tiny.toml", *PRETRAIN, "train.max_steps=100000", f"run.out_dir={out}"]
+    proc = subprocess.Popen(command, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not ((out / "metrics.jsonl").is_file() and len((out / "metrics.jsonl").read_text().splitlines()) >= 3):
+            time.sleep(0.2)
+        rank1 = worker_of_rank(proc.pid, 1)
+        assert rank1 is not None, "rank 1 is running"
+        os.kill(rank1, signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err[-3000:]
+    last = max(rows(out))
+    assert checkpoint.step_checkpoints(out)[-1].name == f"step-{last:06d}" and last < 100000
+    assert err.count(f"interrupted at step {last}") == 1
 
 
 def test_odd_global_batch_fails_naming_train_batch_size(folder):
