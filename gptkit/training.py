@@ -216,6 +216,11 @@ class Progress:
     resumed_from: Path | None = None
 
 
+def target_count(batch: Batch) -> int:
+    """How many targets of `batch` take a loss (those not equal to its ignore index)."""
+    return int((batch.targets != batch.ignore_index).sum())
+
+
 class _NoHooks:
     """The hook relay of a rank other than 0: hooks and trackers run once per run, on rank 0."""
 
@@ -251,12 +256,12 @@ class Trainer:
         device = self.run.device
         return Batch(batch.inputs.to(device, non_blocking=True), batch.targets.to(device, non_blocking=True), batch.ignore_index)
 
-    def summed_loss(self, parts: Parts, batch: Batch) -> tuple[torch.Tensor, int]:
-        """(sum of the per-token losses of `batch`, number of targets it has)."""
+    def summed_loss(self, parts: Parts, batch: Batch) -> torch.Tensor:
+        """The sum of the per-token losses of `batch` (see `target_count` for what it is divided by)."""
         dtype = parts.autocast_dtype
         with torch.autocast(self.run.device.type, dtype=dtype) if dtype else contextlib.nullcontext():
             logits = parts.forward(batch.inputs)
-        return summed_lm_loss(logits, batch.targets, batch.ignore_index), int((batch.targets != batch.ignore_index).sum())
+        return summed_lm_loss(logits, batch.targets, batch.ignore_index)
 
     def my_share(self, items: Sequence[int]) -> list[int]:
         """This rank's contiguous share of `items` (a batch's example ids), as even as it can be."""
@@ -277,17 +282,16 @@ class Trainer:
             group["lr"] = lr
         micro = math.ceil(len(examples) / t.grad_accum)
         batches = [self.batch(parts, examples[i : i + micro]) for i in range(0, len(examples), micro)]
-        mine = [int((b.targets != b.ignore_index).sum()) for b in batches]
-        targets, tokens = distributed.all_sum([sum(mine), sum(b.inputs.numel() for b in batches)], self.run.device)
-        scale = self.run.world_size / max(targets, 1)
+        targets, tokens = distributed.all_sum([sum(map(target_count, batches)), sum(b.inputs.numel() for b in batches)], self.run.device)
+        scale = self.run.world_size / targets if targets else math.nan  # no target at all: NaN, as a mean over none
         loss_sum = 0.0
         for i, batch in enumerate(batches):
             with self.gradient_sync(parts, last=i == len(batches) - 1):
-                loss, _ = self.summed_loss(parts, batch)
+                loss = self.summed_loss(parts, batch)
                 parts.scaler.scale(loss * scale).backward()
             loss_sum += loss.item()
         (loss_sum,) = distributed.all_sum([loss_sum], self.run.device)
-        loss = loss_sum / max(targets, 1)
+        loss = loss_sum / targets if targets else math.nan
         if not math.isfinite(loss):
             parts.optimizer.zero_grad(set_to_none=True)
             last = checkpoint.step_checkpoints(self.run.out_dir)
@@ -323,9 +327,9 @@ class Trainer:
             ids = order[s : s + bs]
             mine = self.my_share(ids)
             weight = 1.0 if mine else 0.0  # a rank with no example of a short last batch still joins the forward
-            loss, targets = self.summed_loss(parts, self.batch(parts, [examples[i] for i in mine or ids[:1]]))
-            total, count = distributed.all_sum([weight * loss.item(), weight * targets], self.run.device)
-            losses.append(total / count)
+            batch = self.batch(parts, [examples[i] for i in mine or ids[:1]])
+            total, count = distributed.all_sum([weight * self.summed_loss(parts, batch).item(), weight * target_count(batch)], self.run.device)
+            losses.append(total / count if count else math.nan)
         parts.forward.train()
         return sum(losses) / len(losses) if losses else math.nan
 
