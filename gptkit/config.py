@@ -154,6 +154,9 @@ class TrainSection:
     early_stopping_patience: int = 0  # evaluations without a better val_loss; 0: never stop early
     save_best: bool = True  # keep checkpoints/best: the model with the lowest val_loss so far
     group_by_length: bool = False  # batch examples of similar length together (less padding; see training.epoch_order)
+    strategy: Literal["auto", "single", "ddp", "fsdp"] = "auto"  # auto: single for one process, ddp for several (torchrun)
+    activation_checkpointing: bool = False  # recompute each block's activations in backward: less memory, ~1/3 more compute
+    cpu_offload: bool = False  # fsdp: keep parameter shards, gradients and optimizer state in CPU memory
 
 
 @attrs.define

@@ -31,6 +31,7 @@ EXEMPT = {
     "zsh_source": "a zsh line (the test shell is bash)",
     "fish_source": "a fish line (the test shell is bash)",
     "wandb agent": "joins an online W&B sweep (needs W&B's server)",
+    "--nnodes 2": "needs two machines",
 }
 # A bash line that is exactly the key is not run, for the reason given.
 EXEMPT_LINES = {
@@ -43,7 +44,7 @@ SHORTENED = {
     "experiments/quickstart.toml": ["train.max_steps=4", "eval.max_new_tokens=4"],
     "experiments/instruct_medium.toml": ["train.max_steps=2", "eval.max_new_tokens=4"],
     "experiments/instruct_test.toml": ["train.max_steps=2"],
-    "experiments/tiny_pretrain.toml": ["train.max_steps=4"],
+    "experiments/tiny_pretrain.toml": ["train.max_steps=4"],  # also under --nproc 2 and torchrun
     "experiments/pretrain_verdict.toml": ["train.max_steps=1", "train.eval_batches=1", "model.n_layers=1"],
     "sweeps/quickstart_lr.yaml --offline": ["--count", "1"],
 }
