@@ -17,19 +17,19 @@ from pathlib import Path
 import pytest
 
 import gptkit
-import test_training
 from conftest import ROOT
 from gptkit.config import load_config
 from gptkit.errors import GptkitError, RunInterrupted
 from gptkit.runs import setup_run
+from gptkit.testing import TINY_PRETRAIN, tiny_text
 
 pytest.importorskip("wandb")
 
-# test_training's tiny pretraining experiment, smaller still (a trial takes about a second), as a file
+# gptkit.testing's tiny pretraining experiment, smaller still (a trial takes about a second), as a file
 # with its text beside it: about 20 steps an epoch.
 SMALLER = {"context_length = 32": "context_length = 16", "n_layers = 2": "n_layers = 1", 'device = "cpu"\n': 'device = "cpu"\nthreads = 1\n',
-           "[data]\n": '[data]\ndataset = { name = "text", path = "text.txt", max_length = 16, stride = 16 }\n'}
-TINY = functools.reduce(lambda text, change: text.replace(*change), SMALLER.items(), test_training.TINY) + """
+           'dataset = { name = "text", path = "text.txt" }': 'dataset = { name = "text", path = "text.txt", max_length = 16, stride = 16 }'}
+TINY = functools.reduce(lambda text, change: text.replace(*change), SMALLER.items(), TINY_PRETRAIN) + """
 [track]
 trackers = [{ name = "wandb", mode = "offline" }, { name = "jsonl-mirror" }]
 """
@@ -39,7 +39,7 @@ pytestmark = pytest.mark.usefixtures("wandb_offline")
 
 def tiny_experiment(folder: Path) -> Path:
     """The tiny pretraining experiment written into `folder`."""
-    (folder / "text.txt").write_text(test_training.TEXT, encoding="utf-8")
+    (folder / "text.txt").write_text(tiny_text(), encoding="utf-8")
     path = folder / "tiny.toml"
     path.write_text(TINY, encoding="utf-8")
     return path
@@ -96,9 +96,9 @@ def test_a_run_resumed_after_ctrl_c_continues_the_same_wandb_run_with_no_step_tw
 
     real = Trainer.train_step
 
-    def step_then_sigint(self, examples):
-        result = real(self, examples)
-        if self.step == 2 and self.config.train.max_steps == 6:  # the third step of the first start
+    def step_then_sigint(self, parts, examples, lr):
+        result = real(self, parts, examples, lr)
+        if self.run.step == 2 and self.run.config.train.max_steps == 6:  # the third step of the first start
             os.kill(os.getpid(), signal.SIGINT)
         return result
 
@@ -123,7 +123,7 @@ def test_a_run_resumed_after_ctrl_c_continues_the_same_wandb_run_with_no_step_tw
 def test_a_nan_loss_finishes_the_wandb_run_as_failed(tmp_path, monkeypatch):
     from gptkit import training
 
-    real = training.lm_loss
+    real = training.summed_lm_loss
     calls = []
 
     def poisoned(logits, targets, ignore_index):
@@ -131,7 +131,7 @@ def test_a_nan_loss_finishes_the_wandb_run_as_failed(tmp_path, monkeypatch):
         loss = real(logits, targets, ignore_index)
         return loss * math.nan if len(calls) >= 4 else loss
 
-    monkeypatch.setattr(training, "lm_loss", poisoned)
+    monkeypatch.setattr(training, "summed_lm_loss", poisoned)
     with pytest.raises(GptkitError, match="training loss is nan"):
         gptkit.run(load_config(tiny_experiment(tmp_path), ["train.max_steps=5", "train.eval_every=0"]))
     run_dir = tmp_path / "runs" / "tiny"
