@@ -443,7 +443,13 @@ class Trainer:
                 load_state(run.model, weights, path)
         else:
             parts.finetune.load_trained_state(run.model, state["finetune"])
-        distributed.load_full_optimizer_state(run.model, parts.optimizer, state["optimizer"])
+        if "world_size" in state:
+            distributed.load_full_optimizer_state(run.model, parts.optimizer, state["optimizer"])
+        else:  # written by gptkit before distributed training: one process, the optimizer's state by position
+            if run.strategy == "fsdp":
+                raise GptkitError(f"{path}: a checkpoint of an earlier gptkit resumes under train.strategy \"single\" or \"ddp\", not fsdp")
+            parts.optimizer.load_state_dict(state["optimizer"])
+            state["rng"] = [state["rng"]]
         parts.scaler.load_state_dict(state["scaler"])
         if run.rank < len(state["rng"]):
             rng = state["rng"][run.rank]

@@ -75,6 +75,30 @@ def test_resume_after_max_steps_equals_an_uninterrupted_run(tmp_path):
     assert [r["tokens_seen"] for r in rows(part)] == [r["tokens_seen"] for r in rows(full)]
 
 
+def test_a_checkpoint_of_gptkit_before_distributed_training_resumes_exactly(tmp_path):
+    """Checkpoints saved before the distributed engine held the optimizer's state by position and one
+    RNG state: rewritten to that layout, step 5 still resumes to the uninterrupted run's losses."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    from gptkit.training import build_optimizer
+
+    full, part = tmp_path / "full", tmp_path / "part"
+    gptkit.run(tiny_config(tmp_path, f"run.out_dir={full}", "train.max_steps=8"))
+    gptkit.run(tiny_config(tmp_path, f"run.out_dir={part}", "train.max_steps=5"))
+    folder = checkpoint.step_checkpoints(part)[-1]
+    state = checkpoint.load_training_state(folder)
+    model, _ = gptkit.load_model(folder)
+    optimizer = build_optimizer(model, lr=1.0, weight_decay=0.1, betas=(0.9, 0.95), device=torch.device("cpu"))
+    set_optimizer_state_dict(model, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
+    state.update(optimizer=optimizer.state_dict(), rng=state["rng"][0])
+    del state["world_size"]
+    torch.save(state, folder / checkpoint.STATE)
+    (folder / checkpoint.CHECKSUMS).unlink()
+    checkpoint.write_checksums(folder)
+    gptkit.run(tiny_config(tmp_path, f"run.out_dir={part}", "train.max_steps=8", "run.resume=auto"))
+    assert losses(part) == losses(full)
+
+
 def test_resume_drops_rows_after_the_checkpoint(tmp_path):
     run = tmp_path / "run"
     gptkit.run(tiny_config(tmp_path, "train.max_steps=6", "train.checkpoint_every=2", "train.keep_checkpoints=5"))
