@@ -50,7 +50,6 @@ import traceback
 from pathlib import Path
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 PREPARED = ROOT / ".gpu_check"
@@ -423,6 +422,7 @@ def plain_fp32():
 def memory_part(check: Check, table: Table, sizes: dict, batch: int, seq: int) -> None:
     """Peak memory of full fine-tuning steps (fp32 weights, bf16 autocast, fused AdamW), with the
     blocks' activations kept and recomputed in backward."""
+    from gptkit.distributed import checkpoint_activations
     from gptkit.evaluation import lm_loss
     from gptkit.model import GPT, GPTConfig
     from gptkit.training import build_optimizer
@@ -432,9 +432,8 @@ def memory_part(check: Check, table: Table, sizes: dict, batch: int, seq: int) -
         check.reset_memory()
         with torch.device(check.device):
             model = GPT(GPTConfig(**sizes, qkv_bias=True, vocab_multiple=64)).train()
-        if recompute:  # what train.activation_checkpointing does (gptkit.distributed on main)
-            for block in model.blocks:
-                block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)
+        if recompute:
+            checkpoint_activations(model)  # what train.activation_checkpointing does
         optimizer = build_optimizer(model, lr=5e-5, weight_decay=0.1, betas=(0.9, 0.999), device=check.device)
         start = time.perf_counter()
         for _ in range(2):  # the second step holds Adam's moments as well

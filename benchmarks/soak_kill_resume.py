@@ -34,51 +34,22 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-EXPERIMENT = """
-[run]
-name = "soak"
-recipe = "pretrain"
-seed = 11
-device = "cpu"
-threads = 1
-[model]
-vocab_size = 257
-context_length = 32
-emb_dim = 48
-n_heads = 4
-n_layers = 2
-drop_rate = 0.1
-[data]
-tokenizer = { name = "bytes" }
-dataset = { name = "text", path = "text.txt" }
-split = [0.9, 0.1]
-[train]
-epochs = 3
-batch_size = 4
-lr = 3e-3
-eval_every = 4
-eval_batches = 2
-checkpoint_every = 1
-keep_checkpoints = 2
-save_best = true
-precision = "fp32"
-[generate]
-max_new_tokens = 4
-"""
-TEXT = "".join(f"Line {i}: every effort moves you, said Jack Gisburn, {i * 7 % 13} times.\n" for i in range(40))
+from gptkit.testing import write_tiny_pretrain
+
+# gptkit.testing's tiny pretraining run, wider, with a checkpoint after every step
+SETTINGS = [
+    "run.name=soak", "run.seed=11", "run.threads=1", "model.emb_dim=48", "model.n_heads=4", "train.eval_every=4",
+    "train.checkpoint_every=1", "train.keep_checkpoints=2", "train.save_best=true", "generate.max_new_tokens=4",
+]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def write_experiment(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "text.txt").write_text(TEXT, encoding="utf-8")
-    experiment = folder / "soak.toml"
-    experiment.write_text(EXPERIMENT, encoding="utf-8")
-    return experiment
+    return write_tiny_pretrain(folder, lines=40)
 
 
 def command(experiment: Path, out_dir: Path) -> list[str]:
-    return [sys.executable, "-m", "gptkit", "run", str(experiment), f"run.out_dir={out_dir}", "run.resume=auto"]
+    return [sys.executable, "-m", "gptkit", "run", str(experiment), *SETTINGS, f"run.out_dir={out_dir}", "run.resume=auto"]
 
 
 def litter(run_dir: Path) -> list[Path]:

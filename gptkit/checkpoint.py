@@ -55,9 +55,13 @@ STEP_DIR = re.compile(r"step-(\d+)$")
 
 def model_state_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The state dict without the tied head (safetensors stores no shared tensors) and contiguous."""
-    state = model.state_dict()
-    if getattr(model.config, "tie_weights", False):
-        state.pop("head.weight", None)
+    return canonical_weights(model.state_dict(), model.config)
+
+
+def canonical_weights(state: dict[str, torch.Tensor], model_config: GPTConfig) -> dict[str, torch.Tensor]:
+    """A full state dict as a model folder holds it: no tied head, contiguous tensors."""
+    if getattr(model_config, "tie_weights", False):
+        state = {k: v for k, v in state.items() if k != "head.weight"}
     return {k: v.detach().contiguous() for k, v in state.items()}
 
 

@@ -8,6 +8,7 @@ Shell completion (click): `eval "$(_GPTKIT_COMPLETE=bash_source gptkit)"` (zsh_s
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import traceback
@@ -23,7 +24,7 @@ import attrs
 import click
 import torch
 
-from gptkit import plugins as plugin_manager
+from gptkit import distributed, plugins as plugin_manager
 from gptkit.config import Component, load_config, show_toml
 from gptkit.errors import GptkitError, RunInterrupted
 from gptkit.evaluation import result_line, score_responses, text_loss
@@ -34,6 +35,7 @@ from gptkit.interrupts import interrupts_deferred
 from gptkit.plugins import GptkitWarning, registry
 from gptkit.runs import resolve_device, run as run_config
 from gptkit.sources import load_model, load_model_and_prompt, load_source
+from gptkit.sweep import is_offline, load_sweep, run_offline, run_online
 from gptkit.version import __version__
 from gptkit.weights import check_vocab
 
@@ -45,7 +47,8 @@ class GptkitGroup(click.Group):
         try:
             return super().invoke(ctx)
         except RunInterrupted as exc:
-            click.echo(str(exc), err=True)
+            if distributed.Processes.from_env().rank == 0:  # every rank stopped at the same step; one says so
+                click.echo(str(exc), err=True)
             sys.exit(exc.exit_code)
         except GptkitError as exc:
             if ctx.obj and ctx.obj.get("debug"):
@@ -73,18 +76,51 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.ensure_object(dict)["debug"] = debug
 
 
+LAUNCH_COMMAND = "GPTKIT_LAUNCH_COMMAND"  # the command line of `gptkit run --nproc N`, for the processes it starts
+
+
 @cli.command()
 @click.argument("experiment", type=click.Path(dir_okay=False))
 @click.argument("overrides", nargs=-1)
+@click.option("--nproc", type=click.IntRange(min=1), metavar="N", help="Train in N processes on this machine, started by torchrun's elastic launcher (one per GPU on CUDA).")
 @click.pass_context
-def run(ctx: click.Context, experiment: str, overrides: tuple[str, ...]) -> None:
+def run(ctx: click.Context, experiment: str, overrides: tuple[str, ...], nproc: int | None) -> None:
     """Run EXPERIMENT.toml, with KEY=VALUE (or ~KEY) overrides.
 
-    Ctrl-C or SIGTERM saves a checkpoint, prints the command that resumes, and exits 130 or 143."""
+    Ctrl-C or SIGTERM saves a checkpoint, prints the command that resumes, and exits 130 or 143.
+    Several nodes: start `torchrun ... -m gptkit run EXPERIMENT.toml` on each (see the README)."""
     config = load_config(experiment, overrides)
+    argv = ctx.obj.get("argv", ["run", experiment, *overrides])
+    if nproc is not None:
+        check_launch(config, nproc)
+        os.environ[LAUNCH_COMMAND] = json.dumps(["gptkit", *argv])
+        sys.exit(distributed.launch(nproc, without_nproc(argv)))
     # The command line as given, global options included: config.toml records it, the resume hint repeats it.
-    command = ["gptkit", *ctx.obj.get("argv", ["run", experiment, *overrides])]
+    command = json.loads(os.environ[LAUNCH_COMMAND]) if LAUNCH_COMMAND in os.environ else ["gptkit", *argv]
     run_config(attrs.evolve(config, provenance={**config.provenance, "command": command}))
+
+
+def check_launch(config, nproc: int) -> None:
+    """What can be told before starting `nproc` processes: the batch split, the strategy, the GPUs."""
+    if distributed.Processes.from_env().launched:
+        raise GptkitError("--nproc: this process was itself started by torchrun; leave --nproc out")
+    distributed.check_batch(config.train.batch_size, config.train.grad_accum, nproc)
+    distributed.resolve_strategy(config.train.strategy, distributed.Processes(world_size=nproc, launched=True))
+    if resolve_device(config.run.device).type == "cuda" and nproc > torch.cuda.device_count():
+        raise GptkitError(f"--nproc {nproc}: this machine has {torch.cuda.device_count()} GPU(s); start at most one process per GPU")
+
+
+def without_nproc(argv: list[str]) -> list[str]:
+    """The command line arguments less `--nproc N` (or `--nproc=N`)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            kept.append(arg)
+    return kept
 
 
 @cli.command("list")
@@ -147,6 +183,25 @@ def config_validate(experiments: tuple[str, ...], overrides: tuple[str, ...]) ->
             click.echo(f"{path}: ok")
     if failed:
         sys.exit(2)
+
+
+@cli.command()
+@click.argument("sweep_file", type=click.Path(dir_okay=False))
+@click.option("--count", type=int, help="Trials in all (offline; default: the whole grid, or run_cap); online, the trials of this agent.")
+@click.option("--offline", is_flag=True, help="Search locally even with W&B credentials (also: WANDB_MODE=offline, or none present).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted offline sweep (running the same command again does too).")
+def sweep(sweep_file: str, count: int | None, offline: bool, resume: bool) -> None:
+    """Run the W&B sweep SWEEP_FILE (W&B's sweep format, YAML or TOML) over its `program` experiment:
+    a W&B sweep when W&B is online, else the same search locally, in runs/<sweep>/ (see gptkit.sweep)."""
+    if count is not None and count < 1:
+        raise GptkitError(f"--count: must be >= 1, got {count}")
+    checked = load_sweep(sweep_file)
+    if is_offline(offline):
+        run_offline(checked, count, resume, log=click.echo)
+    elif resume:
+        raise GptkitError("--resume continues offline sweeps; an online sweep goes on with: wandb agent SWEEP_ID")
+    else:
+        click.echo(f"W&B sweep {run_online(checked, count)} done")
 
 
 DOWNLOAD_LOADERS = {"openai": "openai-tf", "hf": "hf"}  # --source -> checkpoint loader

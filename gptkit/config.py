@@ -155,6 +155,9 @@ class TrainSection:
     early_stopping_patience: int = 0  # evaluations without a better val_loss; 0: never stop early
     save_best: bool = True  # keep checkpoints/best: the model with the lowest val_loss so far
     group_by_length: bool = False  # batch examples of similar length together (less padding; see training.epoch_order)
+    strategy: Literal["auto", "single", "ddp", "fsdp"] = "auto"  # auto: single for one process, ddp for several (torchrun)
+    activation_checkpointing: bool = False  # recompute each block's activations in backward: less memory, ~1/3 more compute
+    cpu_offload: bool = False  # fsdp: keep parameter shards, gradients and optimizer state in CPU memory
 
 
 @attrs.define
@@ -479,6 +482,8 @@ def _parse_value(tp: Any, text: str) -> Any:
     is_text = inner is str or (typing.get_origin(inner) is Literal and all(isinstance(a, str) for a in typing.get_args(inner)))
     if is_text:
         return text
+    if inner is bool and text in ("True", "False"):  # Python's spelling, as `wandb agent` writes booleans
+        return text == "True"
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:

@@ -23,6 +23,12 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = IGN
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=ignore_index)
 
 
+def summed_lm_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """The sum of the next-token cross-entropies over the targets not equal to `ignore_index`: over
+    the target count of a whole batch it is `lm_loss`, however the batch is split (processes, micro-batches)."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=ignore_index, reduction="sum")
+
+
 
 @torch.inference_mode()
 def text_loss(model: torch.nn.Module, ids: Sequence[int], *, stride: int | None = None) -> dict[str, float]:

@@ -7,7 +7,8 @@ The training events receive `run`, a `gptkit.runs.Run`: `run.config` (the resolv
 `run.out_dir`, `run.device`, `run.ctx` (tokenizer, prompt format, model_config), `run.model`,
 `run.precision`, `run.step` (the last finished optimizer step), `run.rank`, `run.world_size` and
 `run.is_main`. `metrics` is the row written to metrics.jsonl. A tracker named in `[track]` is
-registered with the plugin manager for the run's duration, so it receives these calls.
+built by the main process (`run.is_main`) when training starts and registered with the plugin
+manager until the run is closed, so it receives these calls, `on_run_end` included.
 """
 
 from __future__ import annotations
@@ -57,3 +58,22 @@ def on_checkpoint(run, step, path):
 @hookspec
 def on_train_end(run, metrics):
     """Training ended; `metrics` is the last logged row."""
+
+
+@hookspec
+def on_sample(run, step, text):
+    """A sample was generated at step `step` (each epoch's end and the last step) and appended to samples.txt."""
+
+
+@hookspec
+def on_train_error(run, error):
+    """Training stopped on `error` instead of ending: a GptkitError (e.g. a NaN loss), any other
+    exception, KeyboardInterrupt, or gptkit.errors.RunInterrupted when SIGINT or SIGTERM stopped it
+    after saving a checkpoint (then `on_train_end` came first). The error is raised on afterwards."""
+
+
+@hookspec
+def on_run_end(run, metrics, error):
+    """The recipe is done with `run`, just before `gptkit.run` releases its folder: `metrics` are the
+    recipe's final results (for the instruct recipe, the last row plus the scorers' means; {} when it
+    failed) and `error` the exception that ended it, or None. Trackers finish here."""

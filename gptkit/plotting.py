@@ -1,4 +1,4 @@
-"""Pictures of a run: the loss curve (loss.png)."""
+"""Pictures of a run: the loss curve (loss.png); of a sweep: the metric of each trial (trials.png)."""
 
 from __future__ import annotations
 
@@ -34,3 +34,25 @@ def plot_losses(rows: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=150)
+
+
+def plot_trials(trials: list[dict[str, Any]], keys: list[str], metric: str, path: Path) -> None:
+    """One panel per swept parameter: each finished trial's metric against its value (values that
+    are not numbers are placed in order of appearance, labelled); the best trial (first) in red."""
+    done = [t for t in trials if isinstance(t.get("metric"), (int, float))]
+    fig = Figure(figsize=(4 * len(keys), 3))
+    FigureCanvasAgg(fig)
+    for i, key in enumerate(keys):
+        ax = fig.add_subplot(1, len(keys), i + 1)
+        values = [t["values"].get(key) for t in done]
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        labels = list(dict.fromkeys(map(str, values)))
+        xs = values if numeric else [labels.index(str(v)) for v in values]
+        ax.scatter(xs, [t["metric"] for t in done], color=["tab:red" if j == 0 else "tab:blue" for j in range(len(done))])
+        if not numeric:
+            ax.set_xticks(range(len(labels)), labels)
+        ax.set_xlabel(key)
+        ax.set_ylabel(metric)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)

@@ -29,7 +29,7 @@ import numpy as np
 import tomli_w
 import torch
 
-from gptkit import plugins
+from gptkit import distributed, plugins
 from gptkit.adapters import ADAPTER, apply_adapter
 from gptkit.config import Config, ModelSection, to_raw
 from gptkit.errors import GptkitError
@@ -51,7 +51,8 @@ class Run:
     module that trains, unwrapped); `precision` what `train.precision` resolved to here (fp32, bf16
     or fp16); `step` the last finished optimizer step; `rank` / `world_size` this process's place among
     the processes of the run (0 / 1 for one process); `is_main` whether this process writes the
-    folder, which it holds locked from `claim_folder` to `close`.
+    folder, which it holds locked from `claim_folder` to `close`; `trackers` the `[track]` trackers
+    that `track` registered with the plugin manager until `close`.
     """
 
     config: Config
@@ -63,7 +64,9 @@ class Run:
     step: int = 0
     rank: int = 0
     world_size: int = 1
+    strategy: str = "single"
     folder_lock: FolderLock | None = None
+    trackers: list[Any] = attrs.field(factory=list)
 
     @property
     def is_main(self) -> bool:
@@ -81,8 +84,21 @@ class Run:
             lock.acquire()
             self.folder_lock = lock
 
+    def track(self) -> None:
+        """Build the `[track]` trackers and register them with the plugin manager until `close`, so
+        that they receive the training hooks: once, and in the main process only (N processes make
+        one tracked run, not N)."""
+        if self.is_main and not self.trackers:
+            self.trackers = [registry.tracker.build(spec, self.ctx) for spec in self.config.track.trackers]
+            for tracker in self.trackers:
+                plugins.manager.register(tracker)
+
     def close(self) -> None:
-        """Release the run folder (`gptkit.run` does it when the recipe returns or fails)."""
+        """Unregister the trackers and release the run folder (`gptkit.run` does it when the recipe
+        returns or fails, after the `on_run_end` hook)."""
+        for tracker in self.trackers:
+            plugins.manager.unregister(tracker)
+        self.trackers = []
         if self.folder_lock is not None:
             self.folder_lock.release()
             self.folder_lock = None
@@ -92,7 +108,7 @@ class Run:
         if not self.is_main:
             return
         self.claim_folder()
-        info = {**self.config.provenance, **provenance(self.device), "precision": self.precision, "world_size": self.world_size}
+        info = {**self.config.provenance, **provenance(self.device), "precision": self.precision, "world_size": self.world_size, "strategy": self.strategy}
         atomic_write_text(self.out_dir / "config.toml", config_toml(attrs.evolve(self.config, provenance=info)))
 
     def check_resume(self, checkpoint: Path, step: int, saved: dict[str, Any] | None, facts: dict[str, tuple[Any, Any]]) -> list[str]:
@@ -133,17 +149,30 @@ _open_runs: contextvars.ContextVar[list[Run] | None] = contextvars.ContextVar("g
 
 
 def setup_run(config: Config) -> Run:
-    """Everything a recipe needs before its own work (see the module docstring); writes nothing."""
-    device = resolve_device(config.run.device)
+    """Everything a recipe needs before its own work (see the module docstring); writes nothing.
+
+    Under torchrun it also joins the process group (see gptkit.distributed): every rank builds the
+    same model from the same seed, then reseeds its own RNG (dropout) from (seed, rank); rank 0
+    keeps the seed as it is, so one process trains as it always did."""
+    processes = distributed.Processes.from_env()
+    strategy = distributed.resolve_strategy(config.train.strategy, processes)
+    device = distributed.device_for(config.run.device, processes, resolve_device(config.run.device))
     if device.type == "cuda":
         allow_tf32()
     if config.run.threads is not None:
         torch.set_num_threads(config.run.threads)
+    distributed.start(processes, device)
     seed_everything(config.run.seed)
     out_dir = Path(config.run.out_dir or os.path.join("runs", config.run.name))
     ctx = build_context(config, device, out_dir)
     model = build_model(config, ctx)
-    run = Run(config, out_dir, device, ctx, model, precision=resolve_precision(config.train.precision, device))
+    if processes.rank:
+        torch.manual_seed(config.run.seed * 1_000_003 + processes.rank)
+    run = Run(
+        config, out_dir, device, ctx, model,
+        precision=resolve_precision(config.train.precision, device),
+        rank=processes.rank, world_size=processes.world_size, strategy=strategy,
+    )
     opened = _open_runs.get()
     if opened is not None:
         opened.append(run)
@@ -151,18 +180,31 @@ def setup_run(config: Config) -> Run:
 
 
 def run(config: Config) -> dict[str, Any]:
-    """Run a resolved config with its recipe; returns the recipe's final metrics. The run folders
-    the recipe set up are released when it returns or fails. A training run stopped by SIGINT or
-    SIGTERM raises gptkit.errors.RunInterrupted once its checkpoint is saved."""
+    """Run a resolved config with its recipe; returns the recipe's final metrics. When the recipe
+    returns or fails, each run it set up gets the `on_run_end` hook and its folder is released. A
+    training run stopped by SIGINT or SIGTERM raises gptkit.errors.RunInterrupted once its
+    checkpoint is saved."""
     recipe = registry.recipe.get(config.run.recipe).factory
     opened: list[Run] = []
     token = _open_runs.set(opened)
+    metrics: dict[str, Any] = {}
+    error: BaseException | None = None
     try:
-        return recipe(config)
+        metrics = recipe(config)
+        distributed.barrier()  # no rank leaves the process group while another still works in it
+        return metrics
+    except BaseException as exc:
+        error = exc
+        raise
     finally:
         _open_runs.reset(token)
         for each in opened:
-            each.close()
+            try:
+                if each.is_main:  # hooks run in the main process only, as in training
+                    plugins.hook().on_run_end(run=each, metrics=metrics, error=error)
+            finally:
+                each.close()
+        distributed.stop()
 
 
 # --- the pieces of the setup --------------------------------------------------------------------
@@ -289,11 +331,13 @@ def model_config_from(section: ModelSection, base: GPTConfig | None = None) -> G
 # where the run writes, how often it evaluates and saves, what it samples, scores and reports.
 # Every other key alters the trajectory (model, init, data, batch, optimizer, schedule, seed,
 # precision, finetune), a plugin's parameters included. The device is free: moving a run to another
-# machine does not make it another experiment.
+# machine does not make it another experiment; so are the strategy and the number of processes,
+# which split the same global batch and the same loss however they run it (gptkit.training).
 FREE_ON_RESUME = (
     "run.name", "run.out_dir", "run.device", "run.threads",
     "train.eval_every", "train.eval_batches", "train.checkpoint_every", "train.keep_checkpoints",
     "train.save_best", "train.early_stopping_patience", "train.compile",
+    "train.strategy", "train.activation_checkpointing", "train.cpu_offload",
     "generate", "eval", "track",
 )
 # Not settings of the run itself: how this start continues it, and what gptkit records about it.

@@ -9,10 +9,15 @@ component (tests/test_components.py); a plugin's tests call them on its names:
 
 A failed check (or one the component crashes in) raises AssertionError naming the component and
 the check. Nothing here needs pytest.
+
+`write_tiny_pretrain(folder)` writes an experiment that trains a tiny GPT in seconds, for tests that
+need a real run (gptkit's own, a plugin's with `model.attention.name=acme.window`, benchmarks);
+they vary it with KEY=VALUE overrides.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -159,3 +164,49 @@ def _run_checks(kind: str, name: str, config: GPTConfig, params: dict[str, Any],
                 raise AssertionError(f"{kind} {name!r} fails {check.__name__}: {what}") from exc
     finally:
         torch.set_num_threads(threads)
+
+
+# --- a tiny pretraining run -----------------------------------------------------------------------
+
+TINY_PRETRAIN = """\
+[run]
+name = "tiny"
+recipe = "pretrain"
+seed = 7
+device = "cpu"
+[model]
+vocab_size = 257
+context_length = 32
+emb_dim = 16
+n_heads = 2
+n_layers = 2
+drop_rate = 0.1
+[data]
+tokenizer = { name = "bytes" }
+dataset = { name = "text", path = "text.txt" }
+split = [0.9, 0.1]
+[train]
+epochs = 3
+batch_size = 4
+lr = 3e-3
+eval_every = 3
+eval_batches = 2
+save_best = false
+precision = "fp32"
+[generate]
+max_new_tokens = 8
+"""
+
+
+def tiny_text(lines: int = 24) -> str:
+    return "".join(f"Line {i}: every effort moves you, said Jack Gisburn, {i * 7 % 13} times.\n" for i in range(lines))
+
+
+def write_tiny_pretrain(folder: str | Path, lines: int = 24) -> Path:
+    """folder/tiny.toml, the pretrain recipe on a 2-layer GPT of width 16 over bytes, and its text,
+    folder/text.txt (`lines` short lines: 24 give 10 steps of batch 4 per epoch). Returns the experiment's path."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "text.txt").write_text(tiny_text(lines), encoding="utf-8")
+    (folder / "tiny.toml").write_text(TINY_PRETRAIN, encoding="utf-8")
+    return folder / "tiny.toml"

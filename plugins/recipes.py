@@ -42,10 +42,11 @@ def generate_recipe(config):
     (completion,) = generation.run()
     seconds = time.perf_counter() - start
     text = g.prompt + run.tokenizer.decode(completion.new_ids)
-    print(text)
-    run.write_config()
-    atomic_write_text(run.out_dir / "samples.txt", text + "\n")
-    save_model(run.out_dir / MODEL, run.model, run.tokenizer)
+    if run.is_main:  # under torchrun every rank generates the same; rank 0 writes
+        print(text)
+        run.write_config()
+        atomic_write_text(run.out_dir / "samples.txt", text + "\n")
+        save_model(run.out_dir / MODEL, run.model, run.tokenizer)
     new_tokens = len(completion.new_ids)
     return {"new_tokens": new_tokens, "tokens_per_s": new_tokens / seconds if seconds > 0 else 0.0}
 
@@ -95,7 +96,9 @@ def instruct_recipe(config):
         return prompt + generate(run.model, run.tokenizer, prompt, max_new_tokens=g.max_new_tokens, sampler=sampler, seed=config.run.seed + run.step)
 
     final = trainer.fit(parts["train"], parts["val"], collator, sample=sample)
-    records = answer(run, [example.record for example in parts["test"]])
+    records = answer(run, [example.record for example in parts["test"]])  # on every rank: under fsdp each forward needs them all
+    if not run.is_main:
+        return final
     atomic_write_text(run.out_dir / "responses.json", json.dumps(records, indent=4, ensure_ascii=False) + "\n")
     scores, means = score_responses(records, config.eval.scorers, run.ctx)
     atomic_write_text(run.out_dir / "scores.json", json.dumps(scores, indent=2) + "\n")
@@ -121,7 +124,7 @@ def answer(run, records: list[dict]) -> list[dict]:
     sampler = registry.sampler.build(e.sampler, run.ctx) if e.sampler is not None else "greedy"
     prompts = prompts_of(run.ctx.prompt, records)
     answered = []
-    for start in tqdm(range(0, len(records), e.batch_size), desc="responses", unit="batch"):
+    for start in tqdm(range(0, len(records), e.batch_size), desc="responses", unit="batch", disable=not run.is_main):
         batch = prompts[start : start + e.batch_size]
         texts = generate(run.model, run.tokenizer, batch, max_new_tokens=e.max_new_tokens, sampler=sampler, seed=run.config.run.seed)
         answered += [{**record, "model_response": text.strip()} for record, text in zip(records[start:], texts)]
@@ -134,9 +137,10 @@ def evaluate_recipe(config):
         raise GptkitError("eval.text: required by the evaluate recipe (a UTF-8 text file)")
     run = setup_run(config)
     result = text_loss(run.model, run.tokenizer.encode(read_text(config.eval.text)), stride=config.eval.stride)
-    run.write_config()
-    atomic_write_text(run.out_dir / "eval.json", json.dumps(result) + "\n")
-    print(json.dumps(result))
+    if run.is_main:  # under torchrun every rank computes the same; rank 0 writes
+        run.write_config()
+        atomic_write_text(run.out_dir / "eval.json", json.dumps(result) + "\n")
+        print(json.dumps(result))
     return result
 
 

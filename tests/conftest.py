@@ -64,6 +64,16 @@ def http_server(tmp_path):
     server.shutdown()
 
 
+@pytest.fixture
+def wandb_offline(tmp_path, monkeypatch):
+    """No network, no credentials, and W&B's own folders (cache, config, staging) in tmp."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    for var in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / "wandb-home"))
+
+
 @pytest.fixture(autouse=True)
 def _run_in_tmp(tmp_path, monkeypatch):
     """Each test runs in its own working directory so runs/ never lands in the repo."""

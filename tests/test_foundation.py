@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -16,48 +15,24 @@ from click.testing import CliRunner
 
 import gptkit
 from gptkit.cli import cli
-from gptkit.config import Config, load_config, show_toml, structure
-from gptkit.errors import ConfigError, GptkitError
+from gptkit.config import Config, load_config, show_toml
+from gptkit.errors import ConfigError
+from gptkit.testing import write_tiny_pretrain
 
 from conftest import ROOT
 
 TINY_GENERATE = ROOT / "experiments" / "tiny_generate.toml"
-TEXT = "".join(f"Line {i}: every effort moves you, said Jack Gisburn, {i * 7 % 13} times.\n" for i in range(24))
 
 
 def gptkit_cli(*args, env=None, cwd=None):
     return subprocess.run([sys.executable, "-m", "gptkit", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
 
 
-def write_experiment(folder: Path, dataset_path: str = "data/story.txt", name: str = "tiny", extra: str = "") -> Path:
-    """A tiny pretraining experiment in `folder`, with its text at folder/data/story.txt."""
-    (folder / "data").mkdir(parents=True, exist_ok=True)
-    (folder / "data" / "story.txt").write_text(TEXT, encoding="utf-8")
-    path = folder / "exp.toml"
-    path.write_text(f"""
-[run]
-name = "{name}"
-recipe = "pretrain"
-device = "cpu"
-[model]
-vocab_size = 257
-context_length = 32
-emb_dim = 16
-n_heads = 2
-n_layers = 1
-[data]
-tokenizer = {{ name = "bytes" }}
-dataset = {{ name = "text", path = "{dataset_path}" }}
-[train]
-epochs = 2
-batch_size = 4
-precision = "fp32"
-save_best = false
-[generate]
-max_new_tokens = 4
-{extra}
-""", encoding="utf-8")
-    return path
+def write_experiment(folder: Path, dataset_path: str = "text.txt") -> Path:
+    """gptkit.testing's tiny pretraining experiment in `folder`, reading `dataset_path` (relative to it)."""
+    experiment = write_tiny_pretrain(folder)
+    experiment.write_text(experiment.read_text().replace('path = "text.txt"', f'path = "{dataset_path}"'), encoding="utf-8")
+    return experiment
 
 
 # --- the generate recipe's run folder is a SOURCE ------------------------------------------------
@@ -105,10 +80,10 @@ def test_paths_in_an_experiment_resolve_against_its_folder(tmp_path, monkeypatch
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     config = load_config(experiment, [f"run.out_dir={tmp_path / 'run'}"])
-    assert config.data.dataset.params["path"] == str(tmp_path / "project" / "data" / "story.txt")
+    assert config.data.dataset.params["path"] == str(tmp_path / "project" / "text.txt")
     gptkit.run(config)
     recorded = tomllib.loads((tmp_path / "run" / "config.toml").read_text())
-    assert recorded["data"]["dataset"]["path"] == str(tmp_path / "project" / "data" / "story.txt")
+    assert recorded["data"]["dataset"]["path"] == str(tmp_path / "project" / "text.txt")
 
 
 def test_paths_given_as_overrides_resolve_against_the_working_directory(tmp_path, monkeypatch):

@@ -30,10 +30,13 @@ EXEMPT = {
     "python benchmarks/": "benchmarks take minutes; never asserted in tests",
     "zsh_source": "a zsh line (the test shell is bash)",
     "fish_source": "a fish line (the test shell is bash)",
+    "wandb agent": "joins an online W&B sweep (needs W&B's server)",
+    "--nnodes 2": "needs two machines",
 }
 # A bash line that is exactly the key is not run, for the reason given.
 EXEMPT_LINES = {
     "gptkit run experiments/instruct_medium.toml": "downloads the records from GitHub (no network here); the next line runs the same job on the shipped copy",
+    "gptkit sweep sweeps/quickstart_lr.yaml": "an online W&B sweep (needs W&B's server); the same sweep runs offline above",
 }
 # A bash line containing the key runs with these overrides appended (long runs, made short; the
 # quickstart's full run and its accuracy are tests/test_quickstart.py's).
@@ -41,8 +44,9 @@ SHORTENED = {
     "experiments/quickstart.toml": ["train.max_steps=4", "eval.max_new_tokens=4"],
     "experiments/instruct_medium.toml": ["train.max_steps=2", "eval.max_new_tokens=4"],
     "experiments/instruct_test.toml": ["train.max_steps=2"],
-    "experiments/tiny_pretrain.toml": ["train.max_steps=4"],
+    "experiments/tiny_pretrain.toml": ["train.max_steps=4"],  # also under --nproc 2 and torchrun
     "experiments/pretrain_verdict.toml": ["train.max_steps=1", "train.eval_batches=1", "model.n_layers=1"],
+    "sweeps/quickstart_lr.yaml --offline": ["--count", "1"],
 }
 # A python block line containing the key is left out, for the reason given.
 EXEMPT_PYTHON = {
@@ -98,6 +102,7 @@ def workspace(tmp_path):
         pytest.skip(f"GPT-2 vocabulary files not found in {SHARED_GPT2}")
     repo = tmp_path / "repo"
     shutil.copytree(ROOT / "experiments", repo / "experiments")
+    shutil.copytree(ROOT / "sweeps", repo / "sweeps")
     (tmp_path / "shared").symlink_to(SHARED_DATA.parent, target_is_directory=True)
     model = random_hf_model(50257, 1024, 16, 2, 1, seed=5)  # context 1024: instruct_medium answers after long prompts
     checkpoint = write_openai_folder(model, tmp_path / "openai", real_vocab=True)
@@ -105,6 +110,7 @@ def workspace(tmp_path):
     example_site = install(ROOT / "examples" / "acme-window-attention", tmp_path / "acme-window")
     with FileServer(files) as server:
         env = {**os.environ, "GPTKIT_CACHE": str(tmp_path / "cache"), "GPTKIT_OPENAI_BASE_URL": server.url, "TQDM_DISABLE": "1",
+               "WANDB_MODE": "offline", **{var: str(tmp_path / "wandb-home") for var in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR")},
                "PYTHONPATH": str(example_site),
                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
         yield repo, env

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from conftest import ROOT
 
-LAZY_ALLOWED = {"tensorflow", "transformers", "wandb", "huggingface_hub", "crc32c", "google_crc32c", "rouge_score"}  # heavy or optional
+LAZY_ALLOWED = {"tensorflow", "transformers", "wandb", "huggingface_hub", "crc32c", "google_crc32c", "rouge_score", "sweeps", "yaml"}  # heavy or optional
 
 
 def modules():

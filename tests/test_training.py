@@ -19,49 +19,19 @@ import torch.nn.functional as F
 
 import gptkit
 from gptkit import checkpoint, plugins
-from gptkit.config import structure
+from gptkit.config import load_config
 from gptkit.errors import GptkitError, RunInterrupted
 from gptkit.evaluation import text_loss
+from gptkit.testing import tiny_text, write_tiny_pretrain
 from gptkit.training import lr_at
 
-TEXT = "".join(f"Line {i}: every effort moves you, said Jack Gisburn, {i * 7 % 13} times.\n" for i in range(24))
-TINY = """
-[run]
-name = "tiny"
-recipe = "pretrain"
-seed = 7
-device = "cpu"
-[model]
-vocab_size = 257
-context_length = 32
-emb_dim = 16
-n_heads = 2
-n_layers = 2
-drop_rate = 0.1
-[data]
-tokenizer = { name = "bytes" }
-split = [0.9, 0.1]
-[train]
-epochs = 3
-batch_size = 4
-lr = 3e-3
-eval_every = 3
-eval_batches = 2
-save_best = false
-precision = "fp32"
-[generate]
-max_new_tokens = 8
-"""
-
-
 def tiny_config(tmp_path: Path, *overrides: str):
-    text = tmp_path / "text.txt"
-    if not text.exists():
-        text.write_text(TEXT, encoding="utf-8")
-    import tomllib
-
-    base = [f"run.out_dir={tmp_path / 'run'}", f"data.dataset={{name = 'text', path = '{text}', cache_dir = '{tmp_path / 'cache'}'}}", "run.threads=1"]
-    return structure(tomllib.loads(TINY), base + list(overrides))
+    """gptkit.testing's tiny pretraining experiment, written once into tmp_path, its run in tmp_path/run."""
+    experiment = tmp_path / "tiny.toml"
+    if not experiment.exists():
+        write_tiny_pretrain(tmp_path)
+    base = [f"run.out_dir={tmp_path / 'run'}", f"data.dataset.cache_dir={tmp_path / 'cache'}", "run.threads=1"]
+    return load_config(experiment, base + list(overrides))
 
 
 def rows(run_dir: Path) -> list[dict]:
@@ -105,6 +75,30 @@ def test_resume_after_max_steps_equals_an_uninterrupted_run(tmp_path):
     assert [r["tokens_seen"] for r in rows(part)] == [r["tokens_seen"] for r in rows(full)]
 
 
+def test_a_checkpoint_of_gptkit_before_distributed_training_resumes_exactly(tmp_path):
+    """Checkpoints saved before the distributed engine held the optimizer's state by position and one
+    RNG state: rewritten to that layout, step 5 still resumes to the uninterrupted run's losses."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    from gptkit.training import build_optimizer
+
+    full, part = tmp_path / "full", tmp_path / "part"
+    gptkit.run(tiny_config(tmp_path, f"run.out_dir={full}", "train.max_steps=8"))
+    gptkit.run(tiny_config(tmp_path, f"run.out_dir={part}", "train.max_steps=5"))
+    folder = checkpoint.step_checkpoints(part)[-1]
+    state = checkpoint.load_training_state(folder)
+    model, _ = gptkit.load_model(folder)
+    optimizer = build_optimizer(model, lr=1.0, weight_decay=0.1, betas=(0.9, 0.95), device=torch.device("cpu"))
+    set_optimizer_state_dict(model, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
+    state.update(optimizer=optimizer.state_dict(), rng=state["rng"][0])
+    del state["world_size"]
+    torch.save(state, folder / checkpoint.STATE)
+    (folder / checkpoint.CHECKSUMS).unlink()
+    checkpoint.write_checksums(folder)
+    gptkit.run(tiny_config(tmp_path, f"run.out_dir={part}", "train.max_steps=8", "run.resume=auto"))
+    assert losses(part) == losses(full)
+
+
 def test_resume_drops_rows_after_the_checkpoint(tmp_path):
     run = tmp_path / "run"
     gptkit.run(tiny_config(tmp_path, "train.max_steps=6", "train.checkpoint_every=2", "train.keep_checkpoints=5"))
@@ -115,11 +109,8 @@ def test_resume_drops_rows_after_the_checkpoint(tmp_path):
 
 def cli_run(tmp_path: Path, *args: str, options=(), env=None) -> list[str]:
     """The command line `gptkit [options] run tiny.toml ...` on the tiny experiment, as a subprocess argv."""
-    tiny_config(tmp_path)  # writes the text
-    exp = tmp_path / "tiny.toml"
-    exp.write_text(TINY, encoding="utf-8")
-    dataset = f"data.dataset={{name = 'text', path = '{tmp_path / 'text.txt'}', cache_dir = '{tmp_path / 'cache'}'}}"
-    return [sys.executable, "-m", "gptkit", *options, "run", str(exp), dataset, "run.threads=1", *args]
+    tiny_config(tmp_path)  # writes the experiment
+    return [sys.executable, "-m", "gptkit", *options, "run", str(tmp_path / "tiny.toml"), f"data.dataset.cache_dir={tmp_path / 'cache'}", "run.threads=1", *args]
 
 
 def signal_after_steps(argv: list[str], out_dir: Path, sig: int, steps: int = 3, **env: str) -> tuple[int, str, str]:
@@ -181,9 +172,9 @@ def test_interrupted_run_raises_run_interrupted_in_process(tmp_path, monkeypatch
 
     real = Trainer.train_step
 
-    def step_then_signal(self, examples):
-        result = real(self, examples)
-        if self.step == 2:  # the third step: the handler is installed, as for a real Ctrl-C
+    def step_then_signal(self, parts, examples, lr):
+        result = real(self, parts, examples, lr)
+        if self.run.step == 2:  # the third step: the handler is installed, as for a real Ctrl-C
             os.kill(os.getpid(), signal.SIGINT)
         return result
 
@@ -214,7 +205,7 @@ def test_retention_keeps_the_last_checkpoints(tmp_path):
     assert [p.name for p in checkpoint.step_checkpoints(tmp_path / "run")] == ["step-000006", "step-000007"]
     assert not [p for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.startswith(".")]
     state = checkpoint.load_training_state(tmp_path / "run" / "checkpoints" / "step-000007")
-    assert state["step"] == 7 and "optimizer" in state and state["rng"]["torch"].dtype == torch.uint8
+    assert state["step"] == 7 and "optimizer" in state and state["rng"][0]["torch"].dtype == torch.uint8  # by rank
 
 
 def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -239,7 +230,7 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypa
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     from gptkit import training
 
-    real = training.lm_loss
+    real = training.summed_lm_loss
     calls = []
 
     def poisoned(logits, targets, ignore_index):
@@ -247,7 +238,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_pa
         loss = real(logits, targets, ignore_index)
         return loss * math.nan if sum(calls) > 3 else loss  # the 4th training step goes NaN
 
-    monkeypatch.setattr(training, "lm_loss", poisoned)
+    monkeypatch.setattr(training, "summed_lm_loss", poisoned)
     with pytest.raises(GptkitError, match=r"training loss is nan at step 4; stopped without saving \(last good checkpoint: .*step-000002\)"):
         gptkit.run(tiny_config(tmp_path, "train.max_steps=8", "train.checkpoint_every=2"))
     assert [p.name for p in checkpoint.step_checkpoints(tmp_path / "run")] == ["step-000002"]
@@ -256,7 +247,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_pa
 def test_early_stopping_on_val_loss(tmp_path, monkeypatch):
     from gptkit.training import Trainer
 
-    monkeypatch.setattr(Trainer, "evaluate", lambda self: {"train_loss": 1.0, "val_loss": 2.0})
+    monkeypatch.setattr(Trainer, "evaluate", lambda self, parts: {"train_loss": 1.0, "val_loss": 2.0})
     final = gptkit.run(tiny_config(tmp_path, "train.eval_every=1", "train.early_stopping_patience=2"))
     assert final["step"] == 3  # step 1 sets the best; steps 2 and 3 do not improve on it
     assert [p.name for p in checkpoint.step_checkpoints(tmp_path / "run")] == ["step-000003"]
@@ -368,7 +359,7 @@ def test_text_loss_bad_input():
 def test_eval_command_and_evaluate_recipe(tmp_path):
     gptkit.run(tiny_config(tmp_path, "train.max_steps=2"))
     text = tmp_path / "eval.txt"
-    text.write_text(TEXT[:500], encoding="utf-8")
+    text.write_text(tiny_text()[:500], encoding="utf-8")
     cli = [sys.executable, "-m", "gptkit", "eval", str(tmp_path / "run"), "--text", str(text)]
     out = subprocess.run([*cli, "--json", "--stride", "8"], capture_output=True, text=True, check=True).stdout
     result = json.loads(out)
