@@ -110,6 +110,7 @@ class ModelSection:
     qkv_bias: bool | None = unset("from init.checkpoint, else false")
     tie_weights: bool | None = unset("from init.checkpoint, else true")
     init: Literal["gpt2", "torch-default"] = "gpt2"  # random init: GPT-2's N(0, 0.02), or PyTorch's layer defaults
+    vocab_multiple: int = 1  # pad embedding/head rows to a multiple (64, 128: faster GPU matmuls); logits and saved weights keep vocab_size
     attention: Component = kind("attention", factory=lambda: Component("causal"))
     norm: Component = kind("norm", factory=lambda: Component("layernorm"))
     feedforward: Component = kind("feedforward", factory=lambda: Component("gelu-mlp"))
@@ -600,6 +601,8 @@ def _check(config: Config, s: _Structurer) -> None:
         emb, heads = (m.emb_dim or preset.get("emb_dim")), (m.n_heads or preset.get("n_heads"))
         if emb and heads and emb % heads:
             s.problem("model.emb_dim", f"{emb} is not divisible by model.n_heads = {heads}")
+    if m.vocab_multiple < 1:
+        s.problem("model.vocab_multiple", f"must be >= 1, got {m.vocab_multiple}")
     if not 0.0 <= m.drop_rate < 1.0:
         s.problem("model.drop_rate", f"must be in [0, 1), got {m.drop_rate}")
     if config.run.resume not in ("none", "auto") and not config.run.resume:

@@ -58,7 +58,9 @@ class Context:
 class Attention(Protocol):
     """nn.Module: (x [B,T,C], *, positions=None, kv_cache=None, padding_mask=None) -> y [B,T,C]; causal.
 
-    `supports_kv_cache` (class attribute) says whether `kv_cache` is honoured.
+    `supports_kv_cache` (class attribute) says whether `kv_cache` is honoured; the optional
+    `supports_static_kv_cache`, whether a one-token query's mask comes from `padding_mask` alone, so
+    that generation may give it a `StaticKVCache` (see gptkit.generation).
     """
 
     supports_kv_cache: bool

@@ -41,6 +41,7 @@ class GPTConfig:
     qkv_bias: bool = False
     tie_weights: bool = True
     init: str = "gpt2"  # gpt2 | torch-default (see GPT.reset_parameters)
+    vocab_multiple: int = 1  # pad the embedding and head rows to a multiple of this (see GPT); 1: no padding
     attention: Component = attrs.field(factory=lambda: Component("causal"))
     norm: Component = attrs.field(factory=lambda: Component("layernorm"))
     feedforward: Component = attrs.field(factory=lambda: Component("gelu-mlp"))
@@ -48,6 +49,10 @@ class GPTConfig:
     @property
     def head_dim(self) -> int:
         return self.emb_dim // self.n_heads
+
+    @property
+    def padded_vocab_size(self) -> int:
+        return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "GPTConfig":
@@ -57,7 +62,10 @@ class GPTConfig:
         return cls(**{**PRESETS[canonical], **overrides})
 
     def to_dict(self) -> dict[str, Any]:
-        return to_raw(self)
+        """What a saved model records; not `vocab_multiple`, a layout in memory that leaves the model as it is."""
+        data = to_raw(self)
+        del data["vocab_multiple"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "GPTConfig":
@@ -86,6 +94,11 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
+    """With `vocab_multiple` > 1 the token embedding and the head hold zero rows up to a multiple of
+    it (50257 -> 50304 for 64: GPU matmuls run faster on such sizes). Nothing outside sees them: the
+    logits are cut back to `vocab_size`, the state dict holds `vocab_size` rows and loading pads
+    again, so losses, logits and saved checkpoints are those of the unpadded model."""
+
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
@@ -95,6 +108,12 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.final_norm = registry.norm.build(config.norm, config)
         self.head = nn.Linear(config.emb_dim, config.vocab_size, bias=False)
+        if config.padded_vocab_size > config.vocab_size:
+            # after every layer drew its initial values, so they are those of the unpadded model
+            self.tok_emb.weight = pad_rows(self.tok_emb.weight, config.padded_vocab_size)
+            self.head.weight = pad_rows(self.head.weight, config.padded_vocab_size)
+            self.register_state_dict_post_hook(_unpad_vocab_rows)
+            self.register_load_state_dict_pre_hook(_pad_vocab_rows)
         if config.tie_weights:
             self.head.weight = self.tok_emb.weight
         self.reset_parameters()
@@ -108,10 +127,12 @@ class GPT(nn.Module):
         if self.config.init == "torch-default":
             return
         residual_std = 0.02 / math.sqrt(2 * self.config.n_layers)
+        vocab = self.config.vocab_size
         for name, module in self.named_modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 std = residual_std if name.endswith(".proj") else 0.02
-                nn.init.normal_(module.weight, mean=0.0, std=std)
+                rows = vocab if module is self.tok_emb or module is self.head else None  # padding stays zero
+                nn.init.normal_(module.weight[:rows], mean=0.0, std=std)
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
 
@@ -133,8 +154,32 @@ class GPT(nn.Module):
             x = block(x, positions=positions, kv_cache=cache, padding_mask=padding_mask)
         if last_only:
             x = x[:, -1:]
-        return self.head(self.final_norm(x))
+        logits = self.head(self.final_norm(x))
+        return logits[..., : self.config.vocab_size] if logits.shape[-1] != self.config.vocab_size else logits
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        """Parameters of the unpadded model (vocabulary padding is not counted)."""
         n = sum(p.numel() for p in self.parameters())
+        n -= (self.config.padded_vocab_size - self.config.vocab_size) * self.config.emb_dim * (1 if self.config.tie_weights else 2)
         return n - self.pos_emb.weight.numel() if exclude_embeddings else n
+
+
+VOCAB_ROWS = ("tok_emb.weight", "head.weight")
+
+
+def pad_rows(weight: torch.Tensor, rows: int) -> nn.Parameter:
+    """`weight` [V, C] with zero rows appended up to `rows`."""
+    return nn.Parameter(torch.cat([weight.detach(), weight.new_zeros(rows - weight.shape[0], *weight.shape[1:])]))
+
+
+def _unpad_vocab_rows(model: GPT, state: dict, prefix: str, local_metadata) -> None:
+    for name in VOCAB_ROWS:
+        if prefix + name in state:
+            state[prefix + name] = state[prefix + name][: model.config.vocab_size]
+
+
+def _pad_vocab_rows(model: GPT, state: dict, prefix: str, *args) -> None:
+    for name in VOCAB_ROWS:
+        tensor = state.get(prefix + name)
+        if tensor is not None and tensor.shape[0] == model.config.vocab_size:
+            state[prefix + name] = pad_rows(tensor, model.config.padded_vocab_size).data

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from gptkit.config import Component
-from gptkit.generation import KVCache
+from gptkit.generation import KVCache, StaticKVCache
 from gptkit.model import GPTConfig
 from gptkit.plugins import registry
 
@@ -77,12 +77,20 @@ def keyword_interface(module: nn.Module, config: GPTConfig) -> None:
 
 
 def kv_cache_matches_recompute(module: nn.Module, config: GPTConfig) -> None:
-    """Through a KVCache (a prefill, then one token a step) the outputs are those of one full pass.
-    Not checked when `supports_kv_cache` is False: generation then recomputes every step."""
-    if not type(module).supports_kv_cache:
-        return
+    """Through a KVCache (a prefill, then one token a step) the outputs are those of one full pass;
+    likewise through a StaticKVCache where `supports_static_kv_cache` is set. Not checked when
+    `supports_kv_cache` is False: generation then recomputes every step."""
     x = torch.randn(2, 9, config.emb_dim)
-    torch.testing.assert_close(through_cache(module, x, torch.arange(9).expand(2, 9)), module(x), atol=1e-5, rtol=1e-5)
+    for static in cache_kinds(module):
+        y = through_cache(module, x, torch.arange(9).expand(2, 9), static=static)
+        torch.testing.assert_close(y, module(x), atol=1e-5, rtol=1e-5, msg=lambda m: f"static={static}: {m}")
+
+
+def cache_kinds(module: nn.Module) -> list[bool]:
+    """Which caches (static or not) generation gives the module."""
+    if not type(module).supports_kv_cache:
+        return []
+    return [False, True] if getattr(type(module), "supports_static_kv_cache", False) else [False]
 
 
 def left_padding_is_hidden(module: nn.Module, config: GPTConfig) -> None:
@@ -94,22 +102,31 @@ def left_padding_is_hidden(module: nn.Module, config: GPTConfig) -> None:
     mask[0, :3] = False
     positions = (mask.cumsum(1) - 1).clamp(min=0)
     outputs = {"without a cache": module(x, positions=positions, padding_mask=mask)}
-    if type(module).supports_kv_cache:
-        outputs["with a KV cache"] = through_cache(module, x, positions, mask)
+    for static in cache_kinds(module):
+        outputs["with a static KV cache" if static else "with a KV cache"] = through_cache(module, x, positions, mask, static=static)
     for how, y in outputs.items():
         assert torch.isfinite(y).all(), f"non-finite output {how}"
         torch.testing.assert_close(y[:1, 3:], module(x[:1, 3:]), atol=1e-5, rtol=1e-5, msg=lambda m: f"padded row {how}: {m}")
         torch.testing.assert_close(y[1:], module(x[1:]), atol=1e-5, rtol=1e-5, msg=lambda m: f"unpadded row {how}: {m}")
 
 
-def through_cache(module: nn.Module, x: torch.Tensor, positions: torch.Tensor, padding_mask: torch.Tensor | None = None):
+def through_cache(module: nn.Module, x: torch.Tensor, positions: torch.Tensor, padding_mask: torch.Tensor | None = None, static: bool = False):
     """The outputs for x [B, T, C] as generation computes them: the first PREFILL tokens at once, then
     one at a time, each call given its tokens' positions, the padding_mask of every token so far and
-    the KVCache holding the earlier tokens' keys and values."""
-    cache = KVCache(max_length=x.shape[1])
+    the KVCache holding the earlier tokens' keys and values. With `static`, a StaticKVCache: each
+    one-token step writes at its slot and gets a padding_mask over all T slots, False on those not
+    written yet."""
+    total = x.shape[1]
+    slot = torch.zeros(1, dtype=torch.long)
+    cache = StaticKVCache(total, slot) if static else KVCache(max_length=total)
+    real = padding_mask if padding_mask is not None else torch.ones(x.shape[:2], dtype=torch.bool)
     pieces = []
-    for start, end in [(0, PREFILL), *((t, t + 1) for t in range(PREFILL, x.shape[1]))]:
-        mask = padding_mask[:, :end] if padding_mask is not None else None
+    for start, end in [(0, PREFILL), *((t, t + 1) for t in range(PREFILL, total))]:
+        if static and start >= PREFILL:
+            slot.fill_(start)
+            mask = real & (torch.arange(total) < end)
+        else:
+            mask = padding_mask[:, :end] if padding_mask is not None else None
         pieces.append(module(x[:, start:end], positions=positions[:, start:end], kv_cache=cache, padding_mask=mask))
     return torch.cat(pieces, dim=1)
 

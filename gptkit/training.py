@@ -192,6 +192,7 @@ class Parts:
     with train.compile."""
 
     forward: torch.nn.Module
+    lm_loss: Callable[..., torch.Tensor]  # summed_lm_loss, compiled with train.compile
     finetune: Any
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
@@ -253,15 +254,20 @@ class Trainer:
         batch = parts.collator(examples)
         if not isinstance(batch, Batch):
             batch = Batch(*batch)
-        device = self.run.device
-        return Batch(batch.inputs.to(device, non_blocking=True), batch.targets.to(device, non_blocking=True), batch.ignore_index)
+        return Batch(self.to_device(batch.inputs), self.to_device(batch.targets), batch.ignore_index)
+
+    def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        """To CUDA from pinned memory, so that the copy runs beside the GPU's work rather than before it."""
+        if self.run.device.type == "cuda":
+            return tensor.pin_memory().to(self.run.device, non_blocking=True)
+        return tensor.to(self.run.device)
 
     def summed_loss(self, parts: Parts, batch: Batch) -> torch.Tensor:
         """The sum of the per-token losses of `batch` (see `target_count` for what it is divided by)."""
         dtype = parts.autocast_dtype
         with torch.autocast(self.run.device.type, dtype=dtype) if dtype else contextlib.nullcontext():
             logits = parts.forward(batch.inputs)
-        return summed_lm_loss(logits, batch.targets, batch.ignore_index)
+        return parts.lm_loss(logits, batch.targets, batch.ignore_index)
 
     def my_share(self, items: Sequence[int]) -> list[int]:
         """This rank's contiguous share of `items` (a batch's example ids), as even as it can be."""
@@ -528,6 +534,8 @@ class Trainer:
         wrapped = distributed.wrap(run.model, run.strategy, run.device, dtype, t.cpu_offload)
         return Parts(
             forward=torch.compile(wrapped) if t.compile else wrapped,
+            # compiled, the loss's fp32 upcast and log-softmax fuse: no fp32 copy of the [B, T, vocab] logits
+            lm_loss=torch.compile(summed_lm_loss) if t.compile else summed_lm_loss,
             finetune=finetune,
             optimizer=build_optimizer(run.model, lr=t.lr, weight_decay=t.weight_decay, betas=t.betas, device=run.device),
             scaler=torch.amp.GradScaler(run.device.type, enabled=dtype == torch.float16),

@@ -52,6 +52,7 @@ def causal_mask(t_query: int, t_key: int, padding_mask: torch.Tensor | None, dev
 
 class CausalSelfAttention(nn.Module):
     supports_kv_cache = True
+    supports_static_kv_cache = True  # a one-token query's mask comes from padding_mask alone (see StaticKVCache)
 
     def __init__(self, config, kernel: Kernel):
         super().__init__()

@@ -18,8 +18,16 @@ def test_conformance(kind, name):
 
 
 class IgnoresPadding(CausalSelfAttention):
+    supports_static_kv_cache = False
+
     def forward(self, x, *, positions=None, kv_cache=None, padding_mask=None):
         return super().forward(x, kv_cache=kv_cache)
+
+
+class StaticIgnoresPadding(IgnoresPadding):
+    """Claims the static cache, yet would attend to its slots not written yet."""
+
+    supports_static_kv_cache = True
 
 
 class IgnoresCache(CausalSelfAttention):
@@ -27,7 +35,10 @@ class IgnoresCache(CausalSelfAttention):
         return super().forward(x, padding_mask=padding_mask)
 
 
-@pytest.mark.parametrize("broken,check", [(IgnoresPadding, "left_padding_is_hidden"), (IgnoresCache, "kv_cache_matches_recompute")])
+@pytest.mark.parametrize(
+    "broken,check",
+    [(IgnoresPadding, "left_padding_is_hidden"), (IgnoresCache, "kv_cache_matches_recompute"), (StaticIgnoresPadding, "kv_cache_matches_recompute")],
+)
 def test_a_broken_attention_fails_naming_the_check(broken, check):
     registry.attention.register("test.broken", lambda config: broken(config, sdpa_kernel))
     try:

@@ -9,7 +9,15 @@ import torch
 
 import gptkit
 from gptkit.errors import GptkitError
-from gptkit.generation import Generation, KVCache, TextDecoder, generate_ids, supports_kv_cache
+from gptkit.generation import (
+    Generation,
+    KVCache,
+    StaticKVCache,
+    TextDecoder,
+    generate_ids,
+    supports_kv_cache,
+    supports_static_kv_cache,
+)
 from gptkit.plugins import registry
 from gptkit_plugins.attention import CausalSelfAttention, sdpa_kernel
 from gptkit_plugins.sampling import greedy
@@ -222,3 +230,51 @@ def test_packed_weights_follow_weight_changes():
     assert after == generate_ids(model, [PROMPTS[0]], max_new_tokens=10, sampler=greedy, pack_weights=False)[0].new_ids
     assert after != before
     assert all("forward" not in vars(m) for m in model.modules())  # layers restored
+
+
+@pytest.mark.parametrize("attention", ["causal", "causal-reference"])
+def test_static_cache_gives_the_tokens_of_the_dynamic_cache(attention):
+    """The fixed-shape steps (what a CUDA graph captures) decode as the growing cache does, also for
+    a left-padded batch and a one-token prompt."""
+    model = tiny_gpt(attention)
+    assert supports_static_kv_cache(model)
+    for prompts in ([PROMPTS[0]], PROMPTS, [[5]]):
+        static = generate_ids(model, prompts, max_new_tokens=60, sampler=greedy, static_cache=True)
+        dynamic = generate_ids(model, prompts, max_new_tokens=60, sampler=greedy, static_cache=False)
+        assert [c.new_ids for c in static] == [c.new_ids for c in dynamic]
+        assert all(len(set(c.new_ids)) > 5 for c in static)
+
+
+def test_static_cache_steps_write_one_slot_and_see_the_buffers():
+    slot = torch.tensor([3])
+    cache = StaticKVCache(6, slot)
+    prefill = torch.randn(2, 4, 3, 8)
+    keys, _ = cache.update(prefill, prefill)
+    assert keys.shape[2] == 3 and cache.length == 3
+    step = torch.randn(2, 4, 1, 8)
+    keys, values = cache.update(step, -step)
+    assert keys.shape[2] == 6  # the whole buffer: fixed shapes every step
+    torch.testing.assert_close(keys[:, :, 3:4], step)
+    torch.testing.assert_close(values[:, :, :3], prefill)
+    assert not keys[:, :, 4:].any()  # not written yet: zeros, never stale memory
+
+
+def test_attention_without_static_cache_support_keeps_the_growing_cache():
+    """A third-party attention that sizes its mask from the keys it gets (as examples/acme-window-
+    attention does) is not given the static cache."""
+
+    class GrowingOnly(CausalSelfAttention):
+        def forward(self, x, *, positions=None, kv_cache=None, padding_mask=None):
+            assert not isinstance(kv_cache, StaticKVCache)
+            return super().forward(x, positions=positions, kv_cache=kv_cache, padding_mask=padding_mask)
+
+    GrowingOnly.supports_static_kv_cache = False
+    registry.attention.register("test.growing", lambda config: GrowingOnly(config, sdpa_kernel), doc="test")
+    try:
+        model = tiny_gpt("test.growing")
+        assert not supports_static_kv_cache(model)
+        reference = tiny_gpt("causal")
+        ours = generate_ids(model, PROMPTS, max_new_tokens=20, sampler=greedy)
+        assert [c.new_ids for c in ours] == [c.new_ids for c in generate_ids(reference, PROMPTS, max_new_tokens=20, sampler=greedy)]
+    finally:
+        registry.attention.unregister("test.growing")

@@ -87,3 +87,49 @@ def test_load_state_names_every_misfit(tiny_model_config):
     assert message.startswith("ckpt: weights do not fit the model: missing tensor final_norm.bias")
     assert "unexpected tensor blocks.9.extra" in message
     assert "wrong shape: pos_emb.weight [16, 32] (the model implies [32, 32])" in message
+
+
+@pytest.mark.parametrize("tie_weights", [True, False])
+@pytest.mark.parametrize("init", ["gpt2", "torch-default"])
+def test_padded_vocab_leaves_logits_losses_and_saved_model_unchanged(tiny_model_config, tmp_path, tie_weights, init):
+    """vocab_multiple pads the embedding and head rows (97 -> 128) for faster matmuls; the same
+    seed gives the same model, whose logits, loss, gradients and saved files are the unpadded ones."""
+    from gptkit.checkpoint import load_model_files, save_model
+    from gptkit.config import Component
+    from gptkit.interfaces import Context
+    from gptkit.plugins import registry
+
+    config = attrs.evolve(tiny_model_config, tie_weights=tie_weights, init=init)
+    models = {}
+    for multiple in (1, 64):
+        torch.manual_seed(0)
+        models[multiple] = GPT(attrs.evolve(config, vocab_multiple=multiple))
+    plain, padded = models[1], models[64]
+    assert padded.tok_emb.weight.shape[0] == 128 and not padded.head.weight[97:].any()
+    assert padded.num_parameters() == plain.num_parameters()
+    ids = torch.randint(97, (2, 12))
+    losses, grads = [], []
+    for model in (plain, padded):
+        logits = model(ids)
+        assert logits.shape == (2, 12, 97)
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids.roll(1).flatten())
+        loss.backward()
+        losses.append((logits, loss))
+        grads.append({n: p.grad[:97] if n.endswith(("tok_emb.weight", "head.weight")) else p.grad for n, p in model.named_parameters()})
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-6)
+    assert not padded.head.weight.grad[97:].any()  # the padding never learns
+
+    tokenizer = registry.tokenizer.build(Component("bytes"), Context())
+    config_257 = attrs.evolve(config, vocab_size=257)
+    saved = {}
+    for multiple in (1, 64):
+        torch.manual_seed(0)
+        saved[multiple] = save_model(tmp_path / str(multiple), GPT(attrs.evolve(config_257, vocab_multiple=multiple)), tokenizer)
+    for name in ("model.safetensors", "config.json"):
+        assert (saved[64] / name).read_bytes() == (saved[1] / name).read_bytes()
+    loaded = load_model_files(saved[64])
+    reloaded = GPT(attrs.evolve(loaded.model_config, vocab_multiple=128))
+    reloaded.load_state_dict(loaded.state_dict)  # the real rows in, zero padding
+    assert reloaded.tok_emb.weight.shape[0] == 384 and not reloaded.tok_emb.weight[257:].any()
+    assert torch.equal(reloaded.state_dict()["tok_emb.weight"], loaded.state_dict["tok_emb.weight"])
