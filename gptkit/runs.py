@@ -84,6 +84,11 @@ class Run:
             lock.acquire()
             self.folder_lock = lock
 
+    def hooks(self):
+        """The hook relay for this run's events: the plugin manager's in the main process; elsewhere
+        one that calls nothing, so that hooks and trackers see each event once, not once per process."""
+        return plugins.hook() if self.is_main else _NoHooks()
+
     def track(self) -> None:
         """Build the `[track]` trackers and register them with the plugin manager until `close`, so
         that they receive the training hooks: once, and in the main process only (N processes make
@@ -145,6 +150,13 @@ class Run:
         return shlex.join([*kept, f"run.resume={checkpoint}"])
 
 
+class _NoHooks:
+    """The hook relay of a process other than the main one (see `Run.hooks`)."""
+
+    def __getattr__(self, name: str):
+        return lambda **kwargs: []
+
+
 _open_runs: contextvars.ContextVar[list[Run] | None] = contextvars.ContextVar("gptkit_open_runs", default=None)
 
 
@@ -200,8 +212,7 @@ def run(config: Config) -> dict[str, Any]:
         _open_runs.reset(token)
         for each in opened:
             try:
-                if each.is_main:  # hooks run in the main process only, as in training
-                    plugins.hook().on_run_end(run=each, metrics=metrics, error=error)
+                each.hooks().on_run_end(run=each, metrics=metrics, error=error)
             finally:
                 each.close()
         distributed.stop()

@@ -222,13 +222,6 @@ def target_count(batch: Batch) -> int:
     return int((batch.targets != batch.ignore_index).sum())
 
 
-class _NoHooks:
-    """The hook relay of a rank other than 0: hooks and trackers run once per run, on rank 0."""
-
-    def __getattr__(self, name: str) -> Callable[..., list]:
-        return lambda **kwargs: []
-
-
 class Trainer:
     """One training run of `run` (a gptkit.runs.Run, what the hooks receive as `run`).
 
@@ -238,9 +231,6 @@ class Trainer:
 
     def __init__(self, run: Run):
         self.run = run
-
-    def hook(self):
-        return plugins.hook() if self.run.is_main else _NoHooks()
 
     def say(self, text: str) -> None:
         if self.run.is_main:
@@ -407,7 +397,7 @@ class Trainer:
         failure = distributed.broadcast_object(failure)
         if failure:
             raise GptkitError(failure if run.is_main else f"rank 0 {failure}")
-        self.hook().on_checkpoint(run=run, step=run.step, path=path)
+        run.hooks().on_checkpoint(run=run, step=run.step, path=path)
         return path
 
     def resume(self, parts: Parts, progress: Progress) -> bool:
@@ -570,7 +560,7 @@ class Trainer:
         row: dict[str, Any] = metrics.rows[-1] if metrics.rows else {}
         stopped = 0
         try:
-            self.hook().on_train_start(run=run)
+            run.hooks().on_train_start(run=run)
             with StopRequest(abort_on_second=run.world_size == 1) as stop, tqdm(
                 total=parts.total_steps, initial=run.step, desc=config.run.name, unit="step", disable=not main
             ) as bar:
@@ -601,16 +591,16 @@ class Trainer:
                     metrics.write(row)
                     bar.update()
                     bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{row['tokens_per_s']:.0f}")
-                    self.hook().on_step_end(run=run, step=run.step, metrics=row)
+                    run.hooks().on_step_end(run=run, step=run.step, metrics=row)
                     if evaluating:
-                        self.hook().on_eval(run=run, step=run.step, metrics=row)
+                        run.hooks().on_eval(run=run, step=run.step, metrics=row)
                         self.note_eval(parts, progress, row["val_loss"])
                     if run.step % parts.steps_per_epoch == 0 or run.step == parts.total_steps:
                         text = sample()  # on every rank: under fsdp each forward needs them all
                         self.say(text.replace("\n", " "))
                         if main:
                             append_text(samples_path, f"epoch {epoch + 1}, step {run.step}:\n{text}\n\n")
-                        self.hook().on_sample(run=run, step=run.step, text=text)
+                        run.hooks().on_sample(run=run, step=run.step, text=text)
                     patience_over = t.early_stopping_patience and progress.evals_since_best >= t.early_stopping_patience
                     if patience_over:
                         self.say(f"early stopping: no better val_loss in {progress.evals_since_best} evaluations")
@@ -621,10 +611,10 @@ class Trainer:
                         break
             if main:
                 plot_losses(metrics.rows, out_dir / "loss.png")
-            self.hook().on_train_end(run=run, metrics=row)
+            run.hooks().on_train_end(run=run, metrics=row)
             if stopped:  # raised once the progress bar is closed, so its message gets lines of its own
                 raise RunInterrupted(checkpoint=path, step=run.step, signal=stopped, metrics=row, resume_command=run.resume_command(path))
         except BaseException as error:  # a NaN loss, a bug, a second Ctrl-C, an interruption: the trackers hear of it
-            self.hook().on_train_error(run=run, error=error)
+            run.hooks().on_train_error(run=run, error=error)
             raise
         return row
