@@ -176,7 +176,7 @@ def gc_cuda(check: Check) -> None:
 
     gc.collect()
     if check.cuda:
-        check.torch.cuda.empty_cache()
+        torch.cuda.empty_cache()
 
 
 # --- training, GPT-2 124M ------------------------------------------------------------------------
