@@ -26,7 +26,8 @@ def register_components(registry):
     """Add components: `registry.<kind>.register(name, factory, params=Params, doc="...")`.
 
     Only register here. Look other components up lazily, inside your factory, never in this hook:
-    the order in which plugins register is not defined.
+    the order in which plugins register is not defined. The factory may keep `registry` for that:
+    besides this plugin's own names it finds every other plugin's, built-ins included.
     """
 
 
@@ -52,7 +53,8 @@ def on_eval(run, step, metrics):
 
 @hookspec
 def on_checkpoint(run, step, path):
-    """A checkpoint was written (atomically) to the folder `path`."""
+    """A checkpoint was written (atomically) to the folder `path`. `train.keep_checkpoints` may
+    remove the folder at a later checkpoint: copy what you need from it here."""
 
 
 @hookspec

@@ -106,7 +106,7 @@ def register(plugin: object, name: str, info: PluginInfo | None = None) -> None:
     if impl is None:
         return
     origin = f"{info.distribution} {info.version}".strip() + f" [{name}]"
-    staged = Registries()
+    staged = Registries(fallback=registry)  # the plugin may keep it: lookups reach every plugin's names
     try:
         with registering_as(origin):
             impl(registry=staged)

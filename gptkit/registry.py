@@ -58,12 +58,18 @@ class Entry:
 
 
 class Registry:
-    """The registered components of one kind."""
+    """The registered components of one kind.
 
-    def __init__(self, kind: str, ensure_loaded: Callable[[], None] = lambda: None):
+    A registry with a `fallback` (what a plugin's `register_components` hook receives: its own
+    staged names, over the process-wide registry) finds its own names first and every other name
+    in the fallback, so a factory that keeps it can look any component up, built-in or not, long
+    after the hook returned."""
+
+    def __init__(self, kind: str, ensure_loaded: Callable[[], None] = lambda: None, fallback: "Registry | None" = None):
         self.kind = kind
         self._entries: dict[str, Entry] = {}
         self._ensure_loaded = ensure_loaded
+        self._fallback = fallback
 
     def register(
         self,
@@ -106,10 +112,11 @@ class Registry:
 
     def get(self, name: str) -> Entry:
         self._ensure_loaded()
-        try:
+        if name in self._entries:
             return self._entries[name]
-        except KeyError:
-            raise RegistryError(self.unknown_message(name)) from None
+        if self._fallback is not None and name in self._fallback:
+            return self._fallback.get(name)
+        raise RegistryError(self.unknown_message(name))
 
     def build(self, spec: Any, *args: Any) -> Any:
         """Build the component `spec` (a config.Component) as `factory(*args, **validated params)`."""
@@ -126,14 +133,15 @@ class Registry:
 
     def __contains__(self, name: str) -> bool:
         self._ensure_loaded()
-        return name in self._entries
+        return name in self._entries or (self._fallback is not None and name in self._fallback)
 
     def names(self) -> list[str]:
         self._ensure_loaded()
-        return sorted(self._entries)
+        fallback = self._fallback.names() if self._fallback is not None else []
+        return sorted(self._entries.keys() | set(fallback))
 
     def entries(self) -> list[Entry]:
-        return [self._entries[n] for n in self.names()]
+        return [self.get(n) for n in self.names()]
 
     def unknown_message(self, name: str) -> str:
         names = self.names()
@@ -143,11 +151,12 @@ class Registry:
 
 
 class Registries:
-    """The registries of every kind, as attributes: `registries.attention`, `registries.sampler`, ..."""
+    """The registries of every kind, as attributes: `registries.attention`, `registries.sampler`, ...
+    With a `fallback`, each kind's registry finds the names it lacks there (see Registry)."""
 
-    def __init__(self, ensure_loaded: Callable[[], None] = lambda: None):
+    def __init__(self, ensure_loaded: Callable[[], None] = lambda: None, fallback: "Registries | None" = None):
         for kind in KINDS:
-            setattr(self, kind, Registry(kind, ensure_loaded))
+            setattr(self, kind, Registry(kind, ensure_loaded, fallback[kind] if fallback is not None else None))
 
     def __getitem__(self, kind: str) -> Registry:
         if kind not in KINDS:
@@ -167,5 +176,5 @@ class Registries:
             self[kind]._entries.update(staged[kind]._entries)
 
     def entries(self) -> list[Entry]:
-        """Every entry of every kind."""
+        """Every entry registered here, of every kind (not those found in the fallback)."""
         return [entry for reg in self for entry in reg._entries.values()]

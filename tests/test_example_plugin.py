@@ -41,6 +41,9 @@ def test_the_guide_quotes_the_module_as_it_is():
     section = guide[guide.index("## Writing a new attention plugin") :]
     excerpt = section.split("```python\n")[1].split("```")[0]
     assert "class WindowAttention" in excerpt and excerpt in (EXAMPLE / "acme_window_attention.py").read_text(encoding="utf-8")
+    wrapping = section[section.index("**Wrapping a built-in**") :].split("```python\n")[1].split("```")[0]
+    assert "registry.attention.build(Component(inner), config)" in wrapping
+    assert wrapping in (EXAMPLE / "acme_probes.py").read_text(encoding="utf-8")
 
 
 def test_listed_with_its_origin(site):
@@ -69,3 +72,43 @@ def test_its_own_tests_pass(site):
     result = python(site, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLE), PYTHONDONTWRITEBYTECODE="1")
     assert result.returncode == 0, result.stdout + result.stderr
     assert " passed" in result.stdout and "skipped" not in result.stdout
+
+
+# Runs of the tiny experiment with each wrapping component of the example package (acme_probes.py)
+# and with the component it wraps: the same generated text, and the same logits from the saved models.
+WRAPPERS = """
+import sys, attrs, torch, gptkit
+from gptkit import load_config, load_model
+from gptkit.config import Component
+from gptkit.model import GPT
+
+experiment, out = sys.argv[1], sys.argv[2]
+
+def run(name, *overrides):
+    gptkit.run(load_config(experiment, [f"run.out_dir={out}/{name}", *overrides]))
+    return open(f"{out}/{name}/samples.txt").read(), load_model(f"{out}/{name}")[0].eval()
+
+text, plain = run("plain")
+ids = torch.arange(plain.config.context_length)[None] % plain.config.vocab_size
+for name, overrides, inner in (
+    ("attention", ["model.attention.name=acme.probed"], {"attention": Component("causal")}),
+    ("norm", ["model.norm.name=acme.probed-norm"], {"norm": Component("layernorm")}),
+):
+    wrapped_text, wrapped = run(name, *overrides)
+    assert wrapped_text == text, (name, wrapped_text, text)
+    unwrapped = GPT(attrs.evolve(wrapped.config, **inner)).eval()
+    unwrapped.load_state_dict(wrapped.state_dict())
+    torch.testing.assert_close(wrapped(ids), unwrapped(ids), atol=0, rtol=0)
+    torch.testing.assert_close(wrapped(ids), plain(ids), atol=0, rtol=0)
+    probe = wrapped.blocks[0].attn if name == "attention" else wrapped.blocks[0].norm1
+    assert probe.last_rms > 0
+sampled, _ = run("sampler", "generate.sampler={name = 'acme.banned', top_k = 25, temperature = 1.0}")
+assert sampled == text, (sampled, text)
+print("ok")
+"""
+
+
+def test_components_wrapping_builtins_through_the_registry_they_were_given(site, tmp_path):
+    result = python(site, "-c", WRAPPERS, TINY, str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.endswith("ok\n")

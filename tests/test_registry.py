@@ -164,3 +164,26 @@ def test_a_good_plugin_registers_everything():
     finally:
         plugins.unregister("good")
         registry.norm.unregister("acme.good")
+
+
+def test_the_registry_a_plugin_is_given_finds_every_name_after_registration():
+    """A factory that keeps its hook's registry finds built-ins, other plugins' names and its own."""
+    kept = {}
+
+    def register(registry):
+        kept["registry"] = registry
+        registry.norm.register("acme.kept", lambda config: registry.norm.build(Component("layernorm"), config))
+
+    assert _register_in_process(_plugin("keeper", register), "keeper") == []
+    try:
+        staged = kept["registry"]
+        assert staged.norm.get("layernorm") is registry.norm.get("layernorm")
+        assert "causal" in staged.attention and "acme.kept" in staged.norm
+        assert {"layernorm", "rmsnorm", "acme.kept"} <= set(staged.norm.names())
+        config = types.SimpleNamespace(emb_dim=8)
+        assert type(registry.norm.build(Component("acme.kept"), config)).__name__ == type(registry.norm.build(Component("layernorm"), config)).__name__
+        with pytest.raises(RegistryError, match="did you mean 'layernorm'"):
+            staged.norm.get("layernorn")
+    finally:
+        plugins.unregister("keeper")
+        registry.norm.unregister("acme.kept")
