@@ -10,7 +10,6 @@ component and the other keys are checked against that component's params class.
 from __future__ import annotations
 
 import difflib
-import os
 import sys
 import types
 import typing
@@ -21,56 +20,15 @@ import attrs
 import tomli_w
 
 from gptkit.errors import ConfigError, GptkitError
+from gptkit.model import GPTConfig, size_problems
 from gptkit.plugins import registry
-from gptkit.presets import PRESETS, resolve_preset
+from gptkit.presets import PRESETS, SIZE_KEYS, resolve_preset
+from gptkit.schema import Component, above, at_least, bound, kind, path_field, resolve_path, to_raw, unset
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
-
-
-@attrs.define
-class Component:
-    """A component picked by name, with its validated parameters (defaults filled)."""
-
-    name: str
-    params: dict[str, Any] = attrs.field(factory=dict)
-
-
-def component(name: str, **params: Any) -> Any:
-    """A config field defaulting to the component `name`."""
-    return attrs.field(factory=lambda: Component(name, dict(params)))
-
-
-def kind(registry_kind: str, default: Any = attrs.NOTHING, *, unset: str | None = None, **kwargs: Any) -> Any:
-    """A field whose value is a component of `registry_kind` (checked against its registry);
-    `unset` says what leaving it out (None) means."""
-    return attrs.field(default=default, metadata={"kind": registry_kind, "unset": unset}, **kwargs)
-
-
-def unset(meaning: str, **kwargs: Any) -> Any:
-    """A field that defaults to None, with what None means (`gptkit config show` prints it)."""
-    return attrs.field(default=None, metadata={"unset": meaning}, **kwargs)
-
-
-def path_field(default: Any = None, *, source: bool = False, unset: str | None = None, **kwargs: Any) -> Any:
-    """A field (of a section or of a component's params class) holding a local path, which the config
-    loader makes absolute: relative to the experiment file when written there, to the working
-    directory when given as KEY=VALUE. URLs pass through. With `source`, the value may also be a
-    model name or hub id (`gpt2-medium`, `openai-community/gpt2`), which pass through too: only a
-    value that starts with `.`, `/` or `~`, or names an existing file or folder, is a path."""
-    return attrs.field(default=default, metadata={"path": "source" if source else "path", "unset": unset}, **kwargs)
-
-
-def resolve_path(value: str, base: Path, how: str) -> str:
-    """`value` as an absolute path against `base` (see `path_field`), or unchanged."""
-    if "://" in value:
-        return value
-    expanded = Path(value).expanduser()
-    if how == "source" and not (value.startswith((".", "/", "~")) or (base / expanded).exists()):
-        return value
-    return os.path.normpath(base / expanded)
 
 
 def _near(key: str, choices: Any) -> str:
@@ -91,29 +49,11 @@ class RunSection:
     name: str = attrs.field(validator=_folder_name)
     recipe: str = kind("recipe")
     out_dir: str | None = unset("runs/<name>, relative to the working directory")
-    resume: str = "none"  # none | auto | PATH
+    resume: str = attrs.field(default="none", validator=bound(bool, "none, auto or a checkpoint path"))  # none | auto | PATH
     resume_changes: Literal["refuse", "allow"] = "refuse"  # settings that alter the trajectory, changed on resume
     seed: int = 123
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    threads: int | None = unset("torch's own choice of intra-op threads")
-
-
-@attrs.define
-class ModelSection:
-    preset: str | None = unset("no preset: sizes from the keys below, or from init.checkpoint")
-    vocab_size: int | None = unset("from model.preset or init.checkpoint")
-    context_length: int | None = unset("from model.preset or init.checkpoint")
-    emb_dim: int | None = unset("from model.preset or init.checkpoint")
-    n_heads: int | None = unset("from model.preset or init.checkpoint")
-    n_layers: int | None = unset("from model.preset or init.checkpoint")
-    drop_rate: float = 0.0
-    qkv_bias: bool | None = unset("from init.checkpoint, else false")
-    tie_weights: bool | None = unset("from init.checkpoint, else true")
-    init: Literal["gpt2", "torch-default"] = "gpt2"  # random init: GPT-2's N(0, 0.02), or PyTorch's layer defaults
-    vocab_multiple: int = 1  # pad embedding/head rows to a multiple (64, 128: faster GPU matmuls); logits and saved weights keep vocab_size
-    attention: Component = kind("attention", factory=lambda: Component("causal"))
-    norm: Component = kind("norm", factory=lambda: Component("layernorm"))
-    feedforward: Component = kind("feedforward", factory=lambda: Component("gelu-mlp"))
+    threads: int | None = unset("torch's own choice of intra-op threads", validator=at_least(1))
 
 
 @attrs.define
@@ -128,31 +68,34 @@ class DataSection:
     dataset: Component | None = kind("dataset", None, unset="none (the recipes that train need one)")
     prompt: Component | None = kind("prompt", None, unset="none: no prompt format")
     collator: Component = kind("collator", factory=lambda: Component("lm"))
-    split: list[float] = attrs.field(factory=lambda: [0.9, 0.1])  # train, val[, test] shares
+    split: list[float] = attrs.field(  # train, val[, test] shares
+        factory=lambda: [0.9, 0.1],
+        validator=bound(lambda s: 2 <= len(s) <= 3 and min(s) >= 0 and abs(sum(s) - 1.0) <= 1e-6, "2 or 3 non-negative fractions (train, val[, test]) summing to 1"),
+    )
     split_order: list[str] | None = unset("the parts are cut in the order train, val, test")
 
 
 @attrs.define
 class TrainSection:
     finetune: Component = kind("finetune", factory=lambda: Component("full"))
-    epochs: int = 1
-    max_steps: int = 0
-    batch_size: int = 8
-    grad_accum: int = 1
-    lr: float = 4e-4
+    epochs: int = attrs.field(default=1, validator=at_least(1))
+    max_steps: int = attrs.field(default=0, validator=at_least(0))  # > 0: stop at this step, even mid-epoch (never past `epochs`)
+    batch_size: int = attrs.field(default=8, validator=at_least(1))
+    grad_accum: int = attrs.field(default=1, validator=at_least(1))
+    lr: float = attrs.field(default=4e-4, validator=above(0))
     min_lr: float = 0.0
     lr_schedule: Literal["constant", "cosine"] = "constant"
-    warmup_steps: int = 0
+    warmup_steps: int = attrs.field(default=0, validator=at_least(0))
     weight_decay: float = 0.1
     betas: list[float] = attrs.field(factory=lambda: [0.9, 0.999])
     grad_clip: float = 0.0  # 0: no clipping
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     compile: bool = False
-    eval_every: int = 5
-    eval_batches: int = 5
-    checkpoint_every: int = 0  # 0: only at the end
-    keep_checkpoints: int = 2
-    early_stopping_patience: int = 0  # evaluations without a better val_loss; 0: never stop early
+    eval_every: int = attrs.field(default=5, validator=at_least(0))
+    eval_batches: int = attrs.field(default=5, validator=at_least(1))
+    checkpoint_every: int = attrs.field(default=0, validator=at_least(0))  # 0: only at the end
+    keep_checkpoints: int = attrs.field(default=2, validator=at_least(1))
+    early_stopping_patience: int = attrs.field(default=0, validator=at_least(0))  # evaluations without a better val_loss; 0: never stop early
     save_best: bool = True  # keep checkpoints/best: the model with the lowest val_loss so far
     group_by_length: bool = False  # batch examples of similar length together (less padding; see training.epoch_order)
     strategy: Literal["auto", "single", "ddp", "fsdp"] = "auto"  # auto: single for one process, ddp for several (torchrun)
@@ -163,7 +106,7 @@ class TrainSection:
 @attrs.define
 class GenerateSection:
     sampler: Component = kind("sampler", factory=lambda: Component("top-k", {"top_k": 25, "temperature": 1.4}))
-    max_new_tokens: int = 50
+    max_new_tokens: int = attrs.field(default=50, validator=at_least(0))
     prompt: str = "Every effort moves you"
     ignore_eos: bool = False
 
@@ -172,8 +115,8 @@ class GenerateSection:
 class EvalSection:
     scorers: list[Component] = kind("scorer", factory=list)
     sampler: Component | None = kind("sampler", None, unset="greedy decoding, as the original scripts")  # responses.json
-    max_new_tokens: int = 256  # per response in responses.json
-    batch_size: int = 8  # prompts generated together for responses.json
+    max_new_tokens: int = attrs.field(default=256, validator=at_least(1))  # per response in responses.json
+    batch_size: int = attrs.field(default=8, validator=at_least(1))  # prompts generated together for responses.json
     text: str | None = path_field(unset="none (the evaluate recipe needs a text file)")
     stride: int | None = unset("the context length")
 
@@ -188,7 +131,7 @@ class Config:
     """A resolved experiment. `provenance` is written by runs (versions, device) and ignored on load."""
 
     run: RunSection
-    model: ModelSection = attrs.field(factory=ModelSection)
+    model: GPTConfig = attrs.field(factory=GPTConfig)
     init: InitSection = attrs.field(factory=InitSection)
     data: DataSection = attrs.field(factory=DataSection)
     train: TrainSection = attrs.field(factory=TrainSection)
@@ -362,24 +305,6 @@ class _Structurer:
     def registered_name(self, value: str, path: str, registry_kind: str) -> None:
         if value not in registry[registry_kind]:
             self.problem(path, registry[registry_kind].unknown_message(value))
-
-
-def to_raw(value: Any) -> Any:
-    """An attrs object back to plain TOML-able data (components as `{name = ..., **params}`, no None)."""
-    if isinstance(value, Component):
-        return {"name": value.name, **{k: to_raw(v) for k, v in value.params.items() if v is not None}}
-    if attrs.has(type(value)):
-        out = {}
-        for field in attrs.fields(type(value)):
-            v = getattr(value, field.name)
-            if v is not None:
-                out[field.name] = to_raw(v)
-        return out
-    if isinstance(value, (list, tuple)):
-        return [to_raw(v) for v in value]
-    if isinstance(value, dict):
-        return {k: to_raw(v) for k, v in value.items() if v is not None}
-    return value
 
 
 def show_toml(config: Config) -> str:
@@ -586,51 +511,18 @@ def _deepcopy(value: Any) -> Any:
 
 
 def _check(config: Config, s: _Structurer) -> None:
-    """Checks that span several keys."""
+    """Checks that span several keys (each key's own bounds are declared beside it)."""
     m = config.model
-    if m.preset is not None and resolve_preset(m.preset) is None:
-        s.problem("model.preset", f"unknown preset {m.preset!r}; presets: {', '.join(PRESETS)}")
-    elif config.init.checkpoint is None:
-        preset = PRESETS[resolve_preset(m.preset)] if m.preset else {}
-        for key in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
-            value = getattr(m, key) if getattr(m, key) is not None else preset.get(key)
-            if value is None:
-                s.problem(f"model.{key}", "required (or set model.preset, or init.checkpoint)")
-            elif value < 1:
-                s.problem(f"model.{key}", f"must be >= 1, got {value}")
-        emb, heads = (m.emb_dim or preset.get("emb_dim")), (m.n_heads or preset.get("n_heads"))
-        if emb and heads and emb % heads:
-            s.problem("model.emb_dim", f"{emb} is not divisible by model.n_heads = {heads}")
-    if m.vocab_multiple < 1:
-        s.problem("model.vocab_multiple", f"must be >= 1, got {m.vocab_multiple}")
-    if not 0.0 <= m.drop_rate < 1.0:
-        s.problem("model.drop_rate", f"must be in [0, 1), got {m.drop_rate}")
-    if config.run.resume not in ("none", "auto") and not config.run.resume:
-        s.problem("run.resume", "none, auto or a checkpoint path")
+    if config.init.checkpoint is None:  # else the checkpoint gives the sizes (and checks them when loaded)
+        sizes = {k: getattr(m, k) for k in SIZE_KEYS if getattr(m, k) is not None}
+        for key, message in size_problems({**(PRESETS[resolve_preset(m.preset)] if m.preset else {}), **sizes}):
+            s.problem(f"model.{key}", message)
     if config.init.adapter is not None and config.init.checkpoint is None:
         s.problem("init.adapter", "needs init.checkpoint: the base model the adapter was trained on")
-    if config.run.threads is not None and config.run.threads < 1:
-        s.problem("run.threads", f"must be >= 1, got {config.run.threads}")
     t = config.train
-    for key in ("epochs", "batch_size", "grad_accum", "eval_batches", "keep_checkpoints"):
-        if getattr(t, key) < 1:
-            s.problem(f"train.{key}", f"must be >= 1, got {getattr(t, key)}")
-    for key in ("max_steps", "eval_every", "checkpoint_every", "warmup_steps", "early_stopping_patience"):
-        if getattr(t, key) < 0:
-            s.problem(f"train.{key}", f"must be >= 0, got {getattr(t, key)}")
     if t.batch_size % t.grad_accum:
         s.problem("train.grad_accum", f"must divide train.batch_size = {t.batch_size}, got {t.grad_accum}")
-    if t.lr <= 0:
-        s.problem("train.lr", f"must be > 0, got {t.lr}")
-    split = config.data.split
-    if not 2 <= len(split) <= 3 or any(x < 0 for x in split) or abs(sum(split) - 1.0) > 1e-6:
-        s.problem("data.split", f"2 or 3 non-negative fractions (train, val[, test]) summing to 1, got {split}")
-    parts = ["train", "val", "test"][: len(split)]
+    parts = ["train", "val", "test"][: len(config.data.split)]
     order = config.data.split_order
     if order is not None and sorted(order) != sorted(parts):
         s.problem("data.split_order", f"the parts of data.split in the order they are cut, each once: a permutation of {parts}, got {order}")
-    for key in ("max_new_tokens", "batch_size"):
-        if getattr(config.eval, key) < 1:
-            s.problem(f"eval.{key}", f"must be >= 1, got {getattr(config.eval, key)}")
-    if config.generate.max_new_tokens < 0:
-        s.problem("generate.max_new_tokens", f"must be >= 0, got {config.generate.max_new_tokens}")

@@ -31,14 +31,13 @@ import torch
 
 from gptkit import distributed, plugins
 from gptkit.adapters import ADAPTER, apply_adapter
-from gptkit.config import Config, ModelSection, to_raw
+from gptkit.config import Config, to_raw
 from gptkit.errors import GptkitError
 from gptkit.files import atomic_write_text
 from gptkit.interfaces import Context
 from gptkit.lock import FolderLock
-from gptkit.model import GPT, GPTConfig
+from gptkit.model import GPT
 from gptkit.plugins import registry
-from gptkit.presets import PRESETS, SIZE_KEYS, resolve_preset
 from gptkit.version import __version__
 from gptkit.weights import check_vocab, model_with_weights
 
@@ -290,50 +289,18 @@ def build_model(config: Config, ctx: Context) -> GPT:
     """The GPT of `[model]`, randomly initialised or loaded from `[init] checkpoint`; on ctx.device."""
     if config.init.checkpoint is not None:
         loaded = registry.checkpoint.build(config.init.checkpoint, ctx).load()
-        model_config = model_config_from(config.model, base=loaded.model_config)
+        model_config = config.model.resolved(base=loaded.model_config)
         model = model_with_weights(model_config, loaded.state_dict, f"init.checkpoint ({config.init.checkpoint.name})")
         if config.init.adapter is not None:
             adapter = Path(config.init.adapter)
             apply_adapter(model, adapter / ADAPTER if adapter.is_dir() else adapter)
         ctx.tokenizer = loaded.tokenizer or registry.tokenizer.build(config.data.tokenizer, ctx)
     else:
-        model_config = model_config_from(config.model)
+        model_config = config.model.resolved()
         model = GPT(model_config)
     ctx.model_config = model_config
     check_vocab(model_config, ctx.tokenizer, "model")
     return model.to(ctx.device)
-
-
-def model_config_from(section: ModelSection, base: GPTConfig | None = None) -> GPTConfig:
-    """The model of a `[model]` section; `base` (from a checkpoint) fixes sizes explicit keys must agree with."""
-    sizes = dict(PRESETS[resolve_preset(section.preset)]) if section.preset else {}
-    explicit = {k: getattr(section, k) for k in SIZE_KEYS if getattr(section, k) is not None}
-    if base is not None:
-        checkpoint_sizes = {k: getattr(base, k) for k in SIZE_KEYS}
-        clashes = [
-            f"model.{k} = {v} but the checkpoint has {checkpoint_sizes[k]}"
-            for k, v in {**sizes, **explicit}.items()
-            if v != checkpoint_sizes[k]
-        ]
-        for key in ("qkv_bias", "tie_weights"):
-            value = getattr(section, key)
-            if value is not None and value != getattr(base, key):
-                clashes.append(f"model.{key} = {str(value).lower()} but the checkpoint has {str(getattr(base, key)).lower()}")
-        if clashes:
-            raise GptkitError("; ".join(clashes))
-        sizes = checkpoint_sizes
-    sizes.update(explicit)
-    return GPTConfig(
-        **sizes,
-        drop_rate=section.drop_rate,
-        qkv_bias=section.qkv_bias if section.qkv_bias is not None else (base.qkv_bias if base else False),
-        tie_weights=section.tie_weights if section.tie_weights is not None else (base.tie_weights if base else True),
-        init=section.init,
-        vocab_multiple=section.vocab_multiple,
-        attention=section.attention,
-        norm=section.norm,
-        feedforward=section.feedforward,
-    )
 
 
 # --- resuming with changed settings ----------------------------------------------------------------

@@ -24,7 +24,6 @@ from gptkit.errors import ConfigError, GptkitError
 from gptkit.interfaces import Context
 from gptkit.model import GPT
 from gptkit.plugins import registry
-from gptkit.runs import model_config_from
 from gptkit.weights import model_with_weights
 from test_training import losses, tiny_config
 from tinymodel import byte_tokenizer, tiny_gpt
@@ -129,7 +128,7 @@ def base_model_folder(tmp_path: Path) -> Path:
     folder = tmp_path / "base"
     if not folder.exists():
         torch.manual_seed(1)
-        checkpoint.save_model(folder, GPT(model_config_from(tiny_config(tmp_path).model)), byte_tokenizer())
+        checkpoint.save_model(folder, GPT(tiny_config(tmp_path).model), byte_tokenizer())
     return folder
 
 

@@ -2,11 +2,10 @@ import attrs
 import pytest
 import torch
 
-from gptkit.config import Component, ModelSection
+from gptkit.config import Component
 from gptkit.errors import GptkitError
 from gptkit.model import GPT, GPTConfig
 from gptkit.presets import PRESETS
-from gptkit.runs import model_config_from
 
 
 def test_canonical_parameter_names(tiny_model_config):
@@ -38,16 +37,16 @@ def test_preset_parameter_counts(preset, params):
 
 
 def test_aliases_and_explicit_sizes_override_preset():
-    section = ModelSection(preset="gpt2-medium", context_length=256)
-    config = model_config_from(section)
+    section = GPTConfig(preset="gpt2-medium", context_length=256)
+    config = section.resolved()
     assert config.emb_dim == PRESETS["gpt2-355M"]["emb_dim"] and config.context_length == 256
 
 
 def test_checkpoint_sizes_win_and_disagreement_is_an_error():
     base = GPTConfig.from_preset("gpt2", qkv_bias=True)
-    assert model_config_from(ModelSection(), base=base).qkv_bias is True
+    assert GPTConfig().resolved(base=base).qkv_bias is True
     with pytest.raises(GptkitError, match="model.n_layers = 6 but the checkpoint has 12"):
-        model_config_from(ModelSection(n_layers=6), base=base)
+        GPTConfig(n_layers=6).resolved(base=base)
 
 
 def test_forward_and_context_limit(tiny_model_config):
