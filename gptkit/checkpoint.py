@@ -35,11 +35,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from gptkit.config import Component, to_raw
-from gptkit.errors import CorruptCheckpoint, GptkitError
+from gptkit.errors import CorruptCheckpoint, GptkitError, GptkitWarning
 from gptkit.files import save_safetensors, atomic_dir, recover_replaced_dirs, remove_temp_files, sha256_file, writing
 from gptkit.interfaces import Context, LoadedModel
 from gptkit.model import GPTConfig
-from gptkit.plugins import GptkitWarning, registry
+from gptkit.plugins import registry
 
 FORMAT = "gptkit"
 FORMAT_VERSION = 1

@@ -26,13 +26,13 @@ import torch
 
 from gptkit import distributed, plugins as plugin_manager
 from gptkit.config import Component, load_config, show_toml
-from gptkit.errors import GptkitError, RunInterrupted
+from gptkit.errors import GptkitError, GptkitWarning, RunInterrupted
 from gptkit.evaluation import result_line, score_responses, text_loss
 from gptkit.files import read_text
 from gptkit.generation import stream_text, text_generation
 from gptkit.interfaces import Context
 from gptkit.interrupts import interrupts_deferred
-from gptkit.plugins import GptkitWarning, registry
+from gptkit.plugins import registry
 from gptkit.runs import resolve_device, run as run_config
 from gptkit.sources import load_model, load_model_and_prompt, load_source
 from gptkit.sweep import is_offline, load_sweep, run_offline, run_online

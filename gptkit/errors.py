@@ -53,3 +53,7 @@ class RunInterrupted(Exception):
         self.resume_command = resume_command
         self.exit_code = 128 + signal
         super().__init__(f"interrupted at step {step}; checkpoint saved to {checkpoint}\nresume with: {resume_command}")
+
+
+class GptkitWarning(UserWarning):
+    """Something the user should know that does not stop gptkit; the CLI prints it as `warning: ...`."""

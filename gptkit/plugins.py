@@ -23,7 +23,7 @@ import attrs
 import pluggy
 
 from gptkit import hookspecs
-from gptkit.errors import RegistryError
+from gptkit.errors import GptkitWarning, RegistryError
 from gptkit.registry import Registries, registering_as
 
 BUILTIN_DISTRIBUTION = "gptkit"
@@ -37,10 +37,6 @@ class PluginInfo:
     builtin: bool
     hooks: list[str] = attrs.field(factory=list)
     error: str | None = None
-
-
-class GptkitWarning(UserWarning):
-    """Something the user should know that does not stop gptkit; the CLI prints it as `warning: ...`."""
 
 
 class PluginWarning(GptkitWarning):

@@ -32,6 +32,7 @@ import torch
 from gptkit import distributed, plugins
 from gptkit.adapters import ADAPTER, apply_adapter
 from gptkit.config import Config, to_raw
+from gptkit.schema import flatten
 from gptkit.errors import GptkitError
 from gptkit.files import atomic_write_text
 from gptkit.interfaces import Context
@@ -337,17 +338,6 @@ def trajectory_changes(then: dict[str, Any], now: dict[str, Any]) -> tuple[list[
         is_free = under(key, FREE_ON_RESUME) or (constant and under(key, FREE_WITH_CONSTANT_LR))
         (free if is_free else altering).append(line)
     return altering, free
-
-
-def flatten(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested tables as one level of dotted keys (`{"train": {"lr": 1}}` -> `{"train.lr": 1}`)."""
-    flat: dict[str, Any] = {}
-    for key, value in raw.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def under(key: str, prefixes: tuple[str, ...]) -> bool:

@@ -102,3 +102,14 @@ def to_raw(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: to_raw(v) for k, v in value.items() if v is not None}
     return value
+
+
+def flatten(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested tables as one level of dotted keys (`{"train": {"lr": 1}}` -> `{"train.lr": 1}`)."""
+    flat: dict[str, Any] = {}
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

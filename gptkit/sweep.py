@@ -49,7 +49,7 @@ from gptkit.hookspecs import hookimpl
 from gptkit.plotting import plot_trials
 from gptkit.plugins import registry
 from gptkit.runs import run as run_config
-from gptkit.training import read_metrics
+from gptkit.metrics import read_metrics
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -29,13 +29,11 @@ and the last intact checkpoint. SIGINT or SIGTERM saves a checkpoint and raises 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import signal
 import sys
 import threading
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -43,13 +41,14 @@ import attrs
 import torch
 from tqdm import tqdm
 
-from gptkit import checkpoint, distributed, plugins
+from gptkit import checkpoint, distributed
 from gptkit.config import to_raw
 from gptkit.errors import GptkitError, RunInterrupted, WriteError
 from gptkit.evaluation import summed_lm_loss
-from gptkit.files import append_text, atomic_write_text
+from gptkit.files import append_text
 from gptkit.generation import generate
 from gptkit.interfaces import Batch, Example
+from gptkit.metrics import MetricsLog, read_metrics
 from gptkit.plotting import plot_losses
 from gptkit.plugins import registry
 from gptkit.runs import Run
@@ -99,47 +98,6 @@ def epoch_order(n: int, seed: int, epoch: int, lengths: Sequence[int] | None = N
     batches = [grouped[start : start + batch_size] for start in range(0, n - n % batch_size, batch_size)]
     shuffled = [batches[b] for b in torch.randperm(len(batches), generator=generator).tolist()]
     return [i for batch in shuffled for i in batch] + grouped[n - n % batch_size :]
-
-
-class MetricsLog:
-    """metrics.jsonl: one JSON row per step, appended whole or not at all. On resume, rows after the
-    checkpoint's step are dropped (see `read_metrics`). With `write` False (ranks other than 0) the
-    rows are kept in memory only."""
-
-    def __init__(self, path: Path, keep_through: int | None, write: bool = True):
-        self.path = path
-        self.writes = write
-        self.rows: list[dict[str, Any]] = []
-        if keep_through is not None and path.is_file():
-            self.rows = [r for r in read_metrics(path) if r["step"] <= keep_through]
-        if write:
-            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in self.rows))
-
-    def write(self, row: dict[str, Any]) -> None:
-        if self.writes:
-            append_text(self.path, json.dumps(row) + "\n")
-        self.rows.append(row)
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The rows of a metrics.jsonl. A last line with no newline after it is a write cut short (a
-    kill, a full disk): it is dropped with a warning. Any other bad line is an error naming it."""
-    lines = path.read_bytes().split(b"\n")
-    rows = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            if not isinstance(row, dict) or type(row.get("step")) is not int:
-                raise ValueError("a row is a JSON object with an integer step")
-        except ValueError as exc:  # also bad UTF-8 and bad JSON
-            if number == len(lines):
-                warnings.warn(f"{path}: line {number}, the last, was cut short by an interrupted write; dropped it", plugins.GptkitWarning)
-                break
-            raise GptkitError(f"{path}: line {number} is not a metrics row ({exc}); correct or delete that line") from None
-        rows.append(row)
-    return rows
 
 
 class StopRequest:

@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 
 from gptkit import hookimpl
 from gptkit.files import atomic_dir
-from gptkit.config import Component, path_field
+from gptkit.schema import Component, path_field
 from gptkit.errors import GptkitError
 from gptkit.interfaces import Context, LoadedModel
 from gptkit.model import GPT, GPTConfig

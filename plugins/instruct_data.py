@@ -16,21 +16,19 @@ are an error or skipped (`on_bad_record`); both are counted and reported on one 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any, Literal
 
 import attrs
-from tqdm import tqdm
 
 from gptkit import hookimpl
-from gptkit.config import path_field
 from gptkit.download import cache_dir as default_cache_dir
 from gptkit.download import download_once, is_url
 from gptkit.errors import GptkitError
 from gptkit.files import read_text
 from gptkit.interfaces import Example
-from gptkit_plugins.text_data import checked_max_length
+from gptkit.schema import path_field
+from gptkit.data import examples_from_records, optional_length, report, too_long_choice
 
 FIELDS = ("instruction", "input", "output")
 FORMATS = "a JSON array of records, or JSON Lines (one record per line)"
@@ -97,40 +95,6 @@ def valid_records(entries: list[tuple[str, Any]], source: str, on_bad_record: st
     return records
 
 
-def report(line: str) -> None:
-    tqdm.write(line, file=sys.stderr)
-
-
-def examples_from_records(records: list[dict[str, Any]], ctx, source: str, max_length: int | None, on_too_long: str) -> list[Example]:
-    """Examples in the run's prompt format (see the module doc), cut to or dropping beyond `max_length`
-    tokens (None: the model's context length). Shared by every instruction dataset."""
-    if ctx.tokenizer is None:
-        raise GptkitError("data.dataset: instruction data needs a tokenizer ([data] tokenizer)")
-    if ctx.prompt is None:
-        raise GptkitError("data.dataset: instruction data needs a prompt format: set [data] prompt, e.g. { name = \"alpaca\" }")
-    max_length = checked_max_length(ctx, max_length)
-    examples, too_long = [], 0
-    for record in records:
-        prompt, response = ctx.prompt(record)
-        ids = ctx.tokenizer.encode(prompt + response)
-        prompt_length = len(ctx.tokenizer.encode(prompt))
-        if len(ids) > max_length:
-            too_long += 1
-            if on_too_long == "drop":
-                continue
-            ids, prompt_length = ids[:max_length], min(prompt_length, max_length)
-        examples.append(Example(ids, prompt_length, record))
-    if too_long:
-        if not examples:
-            raise GptkitError(
-                f"{source}: all {too_long} records are longer than max_length = {max_length} tokens; "
-                "raise data.dataset.max_length (up to the context length), or use a shorter prompt format"
-            )
-        done = "dropped" if on_too_long == "drop" else "cut to that length"
-        report(f"{source}: {too_long} of {len(records)} records are longer than max_length = {max_length} tokens: {done}")
-    return examples
-
-
 def read_records(path: str, cache: Path, on_bad_record: str) -> tuple[str, list[dict[str, Any]]]:
     """(the file read, its valid records) for a local path or a URL (downloaded once into `cache`)."""
     file = download_once(path, cache) if is_url(path) else Path(path)
@@ -138,10 +102,6 @@ def read_records(path: str, cache: Path, on_bad_record: str) -> tuple[str, list[
         raise GptkitError(f"{file}: is a folder; expected a file holding {FORMATS}")
     source = str(file)
     return source, valid_records(parse_records(read_text(file), source), source, on_bad_record)
-
-
-too_long_choice = attrs.validators.in_(("truncate", "drop"))
-optional_length = attrs.validators.optional(attrs.validators.ge(1))
 
 
 @attrs.define

@@ -10,7 +10,7 @@ import attrs
 
 from gptkit import hookimpl
 from gptkit.checkpoint import is_model_dir, load_folder, run_model_dir, save_model
-from gptkit.config import path_field
+from gptkit.schema import path_field
 from gptkit.errors import GptkitError
 from gptkit.interfaces import Context, LoadedModel
 from gptkit.weights import model_with_weights

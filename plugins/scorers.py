@@ -28,7 +28,7 @@ import re
 import urllib.error
 import urllib.request
 from statistics import fmean
-from typing import Any
+from typing import Any, Callable
 
 import attrs
 from tqdm import tqdm
@@ -36,7 +36,7 @@ from tqdm import tqdm
 from gptkit import hookimpl
 from gptkit.download import is_url
 from gptkit.errors import GptkitError
-from gptkit_plugins.prompts import ALPACA
+from gptkit.schema import Component
 
 
 def text_field(record: dict[str, Any], index: int, name: str) -> str:
@@ -113,10 +113,11 @@ class JudgeUnavailable(Exception):
     """The judge could not be asked, or did not answer as Ollama does."""
 
 
-def judge_prompt(record: dict[str, Any]) -> str:
-    """The original ch07 `generate_model_scores` prompt, word for word."""
+def judge_prompt(record: dict[str, Any], request: Callable[[dict[str, Any]], str]) -> str:
+    """The original ch07 `generate_model_scores` prompt, word for word: `request` writes the
+    record's instruction and input as the Alpaca prompt does (the original's `format_input`)."""
     return (
-        f"Given the input `{ALPACA.request(record)}` "
+        f"Given the input `{request(record)}` "
         f"and correct output `{record['output']}`, "
         f"score the model response `{record['model_response']}`"
         f" on a scale from 0 to 100, where 100 is the best score. "
@@ -137,9 +138,9 @@ class OllamaJudge:
 
     metric_key = "judge_score"
 
-    def __init__(self, url: str = "http://localhost:11434", model: str = "llama3", timeout_s: float = 120.0):
+    def __init__(self, request: Callable[[dict[str, Any]], str], url: str = "http://localhost:11434", model: str = "llama3", timeout_s: float = 120.0):
         self.endpoint = url.rstrip("/") + "/api/chat"
-        self.model, self.timeout_s = model, timeout_s
+        self.request, self.model, self.timeout_s = request, model, timeout_s
 
     def ask(self, prompt: str) -> str:
         """The model's reply; the body may be one JSON object or Ollama's stream of them, one a line."""
@@ -179,7 +180,7 @@ class OllamaJudge:
             for name in ("instruction", "output", "model_response"):
                 text_field(record, i, name)
             try:
-                reply = self.ask(judge_prompt(record))
+                reply = self.ask(judge_prompt(record, self.request))
             except JudgeUnavailable as exc:
                 error = (
                     f"ollama-judge: no score from {self.endpoint} (model {self.model!r}) after {i} of {len(records)} "
@@ -227,7 +228,11 @@ def register_components(registry):
         "rouge-l", lambda ctx, group_by, use_stemmer: RougeL(group_by, use_stemmer), params=RougeLParams,
         doc="Mean ROUGE-L F1 of response against output (needs the rouge-score package).",
     )
+    def ollama_judge(ctx, url, model, timeout_s):
+        alpaca = registry.prompt.build(Component("alpaca"), ctx)  # the built-in prompt format, found when the judge is built
+        return OllamaJudge(alpaca.request, url, model, timeout_s)
+
     registry.scorer.register(
-        "ollama-judge", lambda ctx, url, model, timeout_s: OllamaJudge(url, model, timeout_s), params=OllamaJudgeParams,
+        "ollama-judge", ollama_judge, params=OllamaJudgeParams,
         doc="Mean 0-100 score a local Ollama model (llama3) gives each response, as the original ch07.",
     )

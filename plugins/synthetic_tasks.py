@@ -22,8 +22,8 @@ import attrs
 
 from gptkit import hookimpl
 from gptkit.errors import GptkitError
+from gptkit.data import examples_from_records, optional_length, too_long_choice
 from gptkit.interfaces import Example
-from gptkit_plugins.instruct_data import examples_from_records, optional_length, too_long_choice
 
 
 @attrs.frozen

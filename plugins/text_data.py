@@ -22,9 +22,10 @@ import numpy as np
 from tqdm import tqdm
 
 from gptkit import hookimpl
-from gptkit.config import path_field
 from gptkit.errors import GptkitError
+from gptkit.data import checked_max_length
 from gptkit.interfaces import Example
+from gptkit.schema import path_field
 from gptkit.files import decode_utf8
 from gptkit.download import cache_dir as default_cache_dir
 from gptkit.download import download_once, is_url
@@ -143,17 +144,6 @@ class TextParams:
     max_length: int | None = attrs.field(default=None, validator=attrs.validators.optional(attrs.validators.ge(1)))  # None: the context length
     stride: int | None = attrs.field(default=None, validator=attrs.validators.optional(attrs.validators.ge(1)))  # None: max_length
     cache_dir: str | None = path_field()  # None: $GPTKIT_CACHE or ~/.cache/gptkit
-
-
-def checked_max_length(ctx, max_length: int | None) -> int:
-    """A dataset's `max_length` in tokens: None means the model's context length, which it may not exceed."""
-    if max_length is None:
-        if ctx.model_config is None:
-            raise GptkitError("data.dataset.max_length: required when no model is built yet")
-        return ctx.model_config.context_length
-    if ctx.model_config is not None and max_length > ctx.model_config.context_length:
-        raise GptkitError(f"data.dataset.max_length = {max_length} exceeds the model's context length {ctx.model_config.context_length}")
-    return max_length
 
 
 def text_dataset(ctx, path: str, max_length: int | None, stride: int | None, cache_dir: str | None) -> TokenWindows:

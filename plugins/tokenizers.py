@@ -14,7 +14,7 @@ import attrs
 import tiktoken
 
 from gptkit import hookimpl
-from gptkit.config import path_field
+from gptkit.schema import path_field
 from gptkit.errors import GptkitError
 from gptkit.gpt2_files import ENDOFTEXT, ranks_from_gpt2_files
 

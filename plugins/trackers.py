@@ -28,11 +28,10 @@ from typing import Any, Literal
 import attrs
 
 from gptkit import hookimpl
-from gptkit.config import to_raw
 from gptkit.errors import GptkitError, RunInterrupted
 from gptkit.files import append_text, atomic_write_text
-from gptkit.runs import flatten
-from gptkit.training import read_metrics
+from gptkit.metrics import read_metrics
+from gptkit.schema import flatten, to_raw
 
 RUN_ID_FILE = "run-id"  # under run_folder/wandb/, beside W&B's own files
 

@@ -26,7 +26,7 @@ from gptkit.config import load_config
 from gptkit.errors import CorruptCheckpoint, GptkitError, WriteError
 from gptkit.files import append_text, writing
 from gptkit.lock import FolderLock
-from gptkit.plugins import GptkitWarning
+from gptkit.errors import GptkitWarning
 from gptkit.runs import trajectory_changes
 from test_training import cli_run, losses, rows, tiny_config
 

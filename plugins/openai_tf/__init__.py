@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from gptkit import hookimpl
-from gptkit.config import Component, path_field
+from gptkit.schema import Component, path_field
 from gptkit.errors import GptkitError
 from gptkit.interfaces import Context, LoadedModel
 from gptkit.model import GPTConfig
