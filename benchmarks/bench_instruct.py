@@ -2,7 +2,7 @@
 
 Both fine-tune GPT-2 124M sizes (random weights, untied head, qkv bias, no dropout) on the same
 batches of 8 records of the 1,100-record set, padded per batch: gptkit with its engine
-(`Trainer.fit`: masked-response collator, AdamW with weight-decay groups, its step timing from
+(`gptkit.training.fit`: masked-response collator, AdamW with weight-decay groups, its step timing from
 metrics.jsonl), the original with llms-from-scratch's GPTModel, custom_collate_fn and
 train_model_simple's step (calc_loss_batch, backward, AdamW lr 5e-5 weight decay 0.1). Rounds take
 turns (original, gptkit fp32, gptkit auto, ...); the first step of each run is warm-up; a round's
@@ -30,7 +30,7 @@ from gptkit.config import structure
 from gptkit.data import split_dataset
 from gptkit.plugins import registry
 from gptkit.runs import setup_run
-from gptkit.training import Trainer, epoch_order
+from gptkit.training import epoch_order, fit
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "experiments" / "data" / "instruction-data.json"
@@ -75,7 +75,7 @@ def gptkit_round(precision: str, steps: int, threads: int) -> float:
     out = Path(tempfile.mkdtemp(prefix="bench-instruct-"))
     try:
         run, parts, collator = engine_parts(precision, steps, out, threads)
-        Trainer(run).fit(parts["train"], parts["val"], collator)
+        fit(run, parts["train"], parts["val"], collator)
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         tokens = [b["tokens_seen"] - a["tokens_seen"] for a, b in zip(rows, rows[1:])]  # steps 2..N
         return sum(tokens) / sum(t / r["tokens_per_s"] for t, r in zip(tokens, rows[1:]))

@@ -253,7 +253,7 @@ def training_part(check: Check, table: Table, sizes: dict, batch: int, steps: in
 def training_speed(check: Check, model, compiled: bool, inputs, targets, steps: int, gptkit: bool) -> tuple[float, float]:
     """(tokens/s over `steps` timed steps, seconds of the 2 warm-up steps, compile included): bf16
     autocast over fp32 weights, gptkit's fused AdamW, fp32 loss; the loss compiled as well for
-    gptkit (as its Trainer does with train.compile), eager for the references (as their scripts)."""
+    gptkit (as its training engine does with train.compile), eager for the references (as their scripts)."""
     from gptkit.evaluation import lm_loss
     from gptkit.training import build_optimizer
 
@@ -342,13 +342,13 @@ def compiled_decoding_part(check: Check, table: Table, sizes: dict, new_tokens: 
 
 
 def instruct_part(check: Check, table: Table, label: str, sizes: dict, records: int | None) -> None:
-    """gptkit's Trainer.fit on experiments/instruct_medium.toml with random weights, and ch07's
+    """gptkit's training.fit on experiments/instruct_medium.toml with random weights, and ch07's
     train_model_simple on the same split, each timed over its whole training call."""
     from gptkit.config import load_config
     from gptkit.data import split_dataset
     from gptkit.plugins import registry
     from gptkit.runs import setup_run
-    from gptkit.training import Trainer
+    from gptkit.training import fit
 
     out = Path(tempfile.mkdtemp(prefix="gpu-check-instruct-"))
     overrides = [
@@ -363,10 +363,10 @@ def instruct_part(check: Check, table: Table, label: str, sizes: dict, records: 
         collator = registry.collator.build(run.config.data.collator, run.ctx)
         check.sync()
         start = time.perf_counter()
-        Trainer(run).fit(parts["train"], parts["val"], collator)
+        fit(run, parts["train"], parts["val"], collator)
         check.sync()
         seconds = time.perf_counter() - start
-        table.row(f"instruct {label}", f"gptkit Trainer.fit ({run.precision})", f"{seconds:.1f} s", f"{run.step} steps, random weights, eval every 5")
+        table.row(f"instruct {label}", f"gptkit training.fit ({run.precision})", f"{seconds:.1f} s", f"{run.step} steps, random weights, eval every 5")
         encoding = run.tokenizer.encoding
         del run
         gc_cuda(check)

@@ -1,4 +1,4 @@
-"""gptkit's own model format, run checkpoints, and atomic file writing.
+"""gptkit's own model format, run checkpoints and the training state they hold.
 
 A model folder holds:
     model.safetensors   weights in gptkit's canonical names (the tied head is not stored twice)
@@ -23,23 +23,31 @@ when the run starts again.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
+import attrs
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from gptkit.config import Component, to_raw
-from gptkit.errors import CorruptCheckpoint, GptkitError, GptkitWarning
+from gptkit import distributed
+from gptkit.errors import CorruptCheckpoint, GptkitError, GptkitWarning, WriteError
 from gptkit.files import save_safetensors, atomic_dir, recover_replaced_dirs, remove_temp_files, sha256_file, writing
 from gptkit.interfaces import Context, LoadedModel
 from gptkit.model import GPTConfig
 from gptkit.plugins import registry
+from gptkit.schema import Component, to_raw
+from gptkit.weights import load_state
+
+if TYPE_CHECKING:
+    from gptkit.runs import Run
+    from gptkit.training import Parts
 
 FORMAT = "gptkit"
 FORMAT_VERSION = 1
@@ -292,3 +300,135 @@ def clean_run_folder(run_dir: Path) -> list[Path]:
                 path.unlink(missing_ok=True)
             removed.append(path)
     return removed
+
+
+# --- training state: what a run checkpoint holds besides the model --------------------------------
+
+
+@attrs.define
+class TrainingState:
+    """Where training stands besides the weights and `run.step`: saved in every checkpoint and
+    restored on resume, so that a resumed run goes on exactly as an uncut one."""
+
+    tokens_seen: int = 0
+    best_val_loss: float = math.inf
+    evals_since_best: int = 0
+    best_weights: dict[str, torch.Tensor] | None = None  # the best model so far, until the next checkpoint writes checkpoints/best
+    resumed_from: Path | None = None
+
+
+def saved_weights(run: Run, parts: Parts) -> dict[str, torch.Tensor]:
+    """The full weights a saved model folder holds, on rank 0 (empty elsewhere); under fsdp every
+    rank takes part in gathering them."""
+    if run.strategy == "fsdp":
+        full = distributed.full_model_state(run.model)
+        return canonical_weights(full, run.model.config) if run.is_main else {}
+    return parts.finetune.saved_weights(run.model) if run.is_main else {}
+
+
+def training_state(run: Run, parts: Parts, state: TrainingState) -> dict[str, Any]:
+    """The training state of a checkpoint (every rank takes part): the optimizer's state whole, keyed
+    by parameter names, and each rank's RNG states, so that it resumes on any number of processes."""
+    cuda = torch.cuda.get_rng_state_all() if run.device.type == "cuda" else []
+    return {
+        "step": run.step,
+        "tokens_seen": state.tokens_seen,
+        "steps_per_epoch": parts.steps_per_epoch,
+        "optimizer": distributed.full_optimizer_state(run.model, parts.optimizer),
+        "scaler": parts.scaler.state_dict(),
+        "rng": distributed.gather_objects({"torch": torch.get_rng_state(), "cuda": cuda}),  # by rank
+        "world_size": run.world_size,
+        "best_val_loss": state.best_val_loss,
+        "evals_since_best": state.evals_since_best,
+        "finetune": parts.finetune.trained_state(run.model),
+        "config": to_raw(run.config),  # what Run.check_resume compares on resume
+    }
+
+
+def save_training(run: Run, parts: Parts, state: TrainingState) -> Path:
+    """Write checkpoints/step-N, and checkpoints/best when a better model waits: every rank gathers,
+    rank 0 writes, and all learn whether it worked. A failed write is an error naming the
+    checkpoint that is left intact."""
+    saved, weights = training_state(run, parts, state), saved_weights(run, parts)
+    failure = None
+    if run.is_main:
+        previous = step_checkpoints(run.out_dir)
+        prompt, extra_files = run.config.data.prompt, lambda folder: parts.finetune.save_files(run.model, folder)
+        try:
+            if state.best_weights is not None:
+                save_model(run.out_dir / CHECKPOINTS / BEST, run.model, run.tokenizer, weights=state.best_weights, prompt=prompt, extra_files=extra_files)
+                state.best_weights = None
+            save_checkpoint(run.out_dir, run.step, run.model, run.tokenizer, saved, run.config.train.keep_checkpoints,
+                            weights=weights, prompt=prompt, extra_files=extra_files)
+        except WriteError as exc:
+            kept = f"the previous checkpoint {previous[-1]} is intact" if previous else "no earlier checkpoint exists"
+            failure = f"could not save the checkpoint of step {run.step}: {exc}; {kept}"
+    failure = distributed.broadcast_object(failure)
+    if failure:
+        raise GptkitError(failure if run.is_main else f"rank 0 {failure}")
+    return step_dir(run.out_dir, run.step)
+
+
+def resume_training(run: Run, parts: Parts, state: TrainingState) -> bool:
+    """Load the checkpoint `run.resume` names, or the newest intact one of those it names, and say
+    in one line what happened; False when the run has nothing left to train."""
+    resume, out_dir = run.config.run.resume, run.out_dir
+    if resume == "none" and step_checkpoints(out_dir):
+        raise GptkitError(
+            f"{out_dir} holds checkpoints of an earlier run; continue it with run.resume=auto, "
+            "or start anew in another run.out_dir (or delete that folder)"
+        )
+    candidates = resume_candidates(resume, out_dir)
+    if not candidates:
+        if resume == "auto":
+            run.say(f"run.resume=auto: no checkpoint in {out_dir} to resume from; starting at step 0")
+        return True
+    state.resumed_from, changes = first_intact(candidates, lambda path: load_training(run, parts, state, path))
+    if run.step >= parts.total_steps:
+        run.say(f"run.resume: {out_dir} finished at step {run.step}; nothing left to train (raise train.max_steps or train.epochs to go on)")
+        return False
+    run.say(f"resumed from {state.resumed_from} (step {run.step})" + "".join(f"\n  changed: {c}" for c in changes))
+    return True
+
+
+def load_training(run: Run, parts: Parts, state: TrainingState, path: Path) -> list[str]:
+    """Resume from `path`: its files are checked (CorruptCheckpoint) and its settings compared
+    (`Run.check_resume`) before the model and optimizer take its state. Returns the changed
+    settings. A checkpoint of N processes resumes on M: weights and optimizer state are whole;
+    rank r takes the RNG states rank r saved (a rank the checkpoint had not keeps its own seed)."""
+    saved = load_training_state(path)
+    changes = run.check_resume(
+        path, saved["step"], saved.get("config"), {"steps per epoch (the data or train.batch_size)": (saved["steps_per_epoch"], parts.steps_per_epoch)}
+    )
+    if saved.get("finetune") is None:
+        weights = load_model_files(path, run.ctx).state_dict
+        if run.strategy == "fsdp":
+            distributed.load_full_model_state(run.model, weights)
+        else:
+            load_state(run.model, weights, path)
+    else:
+        parts.finetune.load_trained_state(run.model, saved["finetune"])
+    if "world_size" in saved:
+        distributed.load_full_optimizer_state(run.model, parts.optimizer, saved["optimizer"])
+    else:  # written by gptkit before distributed training: one process, the optimizer's state by position
+        if run.strategy == "fsdp":
+            raise GptkitError(f"{path}: a checkpoint of an earlier gptkit resumes under train.strategy \"single\" or \"ddp\", not fsdp")
+        parts.optimizer.load_state_dict(saved["optimizer"])
+        saved["rng"] = [saved["rng"]]
+    parts.scaler.load_state_dict(saved["scaler"])
+    if run.rank < len(saved["rng"]):
+        rng = saved["rng"][run.rank]
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"]:
+            torch.cuda.set_rng_state_all(rng["cuda"])
+    run.step, state.tokens_seen = saved["step"], saved["tokens_seen"]
+    state.best_val_loss, state.evals_since_best = saved["best_val_loss"], saved["evals_since_best"]
+    return changes
+
+
+def intact(run_dir: Path, resume_command: Callable[[Path], str]) -> str:
+    """What a failed write leaves to go on from."""
+    last = step_checkpoints(run_dir)
+    if not last:
+        return "no checkpoint of this run was saved yet"
+    return f"the last checkpoint {last[-1]} is intact; resume with: {resume_command(last[-1])}"

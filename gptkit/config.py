@@ -20,7 +20,7 @@ import attrs
 import tomli_w
 
 from gptkit.errors import ConfigError, GptkitError
-from gptkit.model import GPTConfig, size_problems
+from gptkit.model_config import GPTConfig, size_problems
 from gptkit.plugins import registry
 from gptkit.presets import PRESETS, SIZE_KEYS, resolve_preset
 from gptkit.schema import Component, above, at_least, bound, kind, path_field, resolve_path, to_raw, unset

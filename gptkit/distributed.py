@@ -21,28 +21,13 @@ from typing import Any
 import attrs
 import torch
 import torch.distributed as dist
-import torch.distributed.run as torchrun
-from torch.distributed.elastic.multiprocessing.api import SignalException
-from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.checkpoint import checkpoint
 
 from gptkit.errors import GptkitError
 
-try:  # FSDP2; torch builds without it make strategy = "fsdp" a clear error
-    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
-except ImportError:  # pragma: no cover - torch < 2.6
-    fully_shard = None
+# The launcher, FSDP and the state-dict helpers are imported where they are used: together they take
+# about a second to import, which every command that loads a model would pay otherwise.
 
 TIMEOUT = datetime.timedelta(minutes=10)  # a collective waiting longer means a rank died or hangs
-FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
 @attrs.frozen
@@ -79,6 +64,10 @@ def launch(nproc: int, args: list[str]) -> int:
     """Run `python -m gptkit ARGS` in `nproc` processes on this machine with torchrun's own elastic
     launcher (as `torchrun --standalone --nproc-per-node N -m gptkit ARGS`); returns the exit status:
     0, or the first failed rank's (a rank killed by a signal: 128 + its number)."""
+    import torch.distributed.run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
     parsed = torchrun.get_args_parser().parse_args(["--standalone", f"--nproc-per-node={nproc}", "-m", "gptkit", *args])
     try:
         torchrun.run(parsed)
@@ -101,9 +90,17 @@ def resolve_strategy(strategy: str, processes: Processes) -> str:
         raise GptkitError(f"train.strategy = \"single\" trains in one process, but {n} were launched; use auto, ddp or fsdp")
     if strategy in ("ddp", "fsdp") and not processes.launched:
         raise GptkitError(f"train.strategy = \"{strategy}\" needs processes started by torchrun: gptkit run --nproc N ..., or torchrun ... -m gptkit run ...")
-    if strategy == "fsdp" and fully_shard is None:
+    if strategy == "fsdp" and not has_fsdp2():
         raise GptkitError(f"train.strategy = \"fsdp\" needs torch.distributed.fsdp.fully_shard (torch >= 2.6); this is torch {torch.__version__}")
     return strategy
+
+
+def has_fsdp2() -> bool:
+    try:
+        from torch.distributed.fsdp import fully_shard  # noqa: F401
+    except ImportError:  # pragma: no cover - torch < 2.6
+        return False
+    return True
 
 
 def device_for(name: str, processes: Processes, resolved: torch.device) -> torch.device:
@@ -182,6 +179,8 @@ def checkpoint_activations(model: torch.nn.Module) -> None:
     """Recompute each transformer block's activations in the backward pass instead of keeping them
     (train.activation_checkpointing): memory for activations drops to about one block's, for about
     a third more compute. Parameter names stay as they are."""
+    from torch.utils.checkpoint import checkpoint
+
     for block in model.blocks:
         block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)
 
@@ -190,8 +189,12 @@ def wrap(model: torch.nn.Module, strategy: str, device: torch.device, precision_
     """The module that computes the training loss under `strategy`. ddp returns a wrapper around
     `model`; fsdp shards `model` in place (per block, then the rest) and returns it."""
     if strategy == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if strategy == "fsdp":
+        from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
         policy = {"mp_policy": MixedPrecisionPolicy(param_dtype=precision_dtype, reduce_dtype=torch.float32)} if precision_dtype else {}
         if cpu_offload:
             policy["offload_policy"] = CPUOffloadPolicy()
@@ -209,21 +212,32 @@ def resharded(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def state_dict_api():
+    """torch.distributed.checkpoint.state_dict: full state dicts of models and optimizers under any strategy."""
+    from torch.distributed.checkpoint import state_dict
+
+    return state_dict
+
+
+def full_options(**extra: Any):
+    return state_dict_api().StateDictOptions(full_state_dict=True, **extra)
+
+
 def full_model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The full weights of a sharded model, on CPU, on rank 0 (empty elsewhere); every rank takes part."""
-    return get_model_state_dict(resharded(model), options=FULL)
+    return state_dict_api().get_model_state_dict(resharded(model), options=full_options(cpu_offload=True))
 
 
 def load_full_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Put full weights (as a model folder holds them) into a sharded model, each rank its shard."""
-    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=False))
+    state_dict_api().set_model_state_dict(model, state, options=full_options(strict=False))
 
 
 def full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """The optimizer's state keyed by parameter names, whole, on CPU: the same for every strategy
     and world size, so a checkpoint of N processes resumes on M. Every rank takes part."""
-    return get_optimizer_state_dict(resharded(model), optimizer, options=FULL)
+    return state_dict_api().get_optimizer_state_dict(resharded(model), optimizer, options=full_options(cpu_offload=True))
 
 
 def load_full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-    set_optimizer_state_dict(resharded(model), optimizer, state, options=StateDictOptions(full_state_dict=True))
+    state_dict_api().set_optimizer_state_dict(resharded(model), optimizer, state, options=full_options())

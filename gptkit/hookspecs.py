@@ -6,9 +6,12 @@ added: changing a hook's meaning means a new hook name.
 The training events receive `run`, a `gptkit.runs.Run`: `run.config` (the resolved config),
 `run.out_dir`, `run.device`, `run.ctx` (tokenizer, prompt format, model_config), `run.model`,
 `run.precision`, `run.step` (the last finished optimizer step), `run.rank`, `run.world_size` and
-`run.is_main`. `metrics` is the row written to metrics.jsonl. A tracker named in `[track]` is
-built by the main process (`run.is_main`) when training starts and registered with the plugin
-manager until the run is closed, so it receives these calls, `on_run_end` included.
+`run.is_main`. `metrics` is the row written to metrics.jsonl. Every plugin's implementations hear
+every run's events. A run's own observers hear only that run's: the trackers named in `[track]`,
+built by the main process (`run.is_main`) when training starts and kept until the run is closed
+(`on_run_end` included), and the objects passed as `gptkit.run(config, observers=[...])`. Any
+implementation may call `run.request_stop(reason)` to end training after the current step, with a
+checkpoint, as early stopping does (a sweep's scheduler stops trials that fall behind this way).
 """
 
 from __future__ import annotations

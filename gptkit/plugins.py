@@ -145,3 +145,20 @@ def hook():
 
 registry = Registries(ensure_loaded=load)
 """The process-wide registries (also `gptkit.registry`), filled by the plugins on first lookup."""
+
+
+class RunHooks:
+    """The hook relay of one run: `hooks.on_eval(run=..., step=..., metrics=...)` calls the run's own
+    observers first (objects with `@hookimpl` methods, as plugins are: trackers, the engine's
+    run-folder writer, what the caller of `gptkit.run` passed), then every plugin's hooks. An
+    observer thus hears only its own run's events, though several runs share the process."""
+
+    def __init__(self, observers: list[object]):
+        self.own = pluggy.PluginManager(hookspecs.PROJECT)
+        self.own.add_hookspecs(hookspecs)
+        for observer in reversed(observers):  # pluggy calls the last registered first
+            self.own.register(observer)
+
+    def __getattr__(self, name: str):
+        own, every = getattr(self.own.hook, name), getattr(hook(), name)
+        return lambda **kwargs: [*own(**kwargs), *every(**kwargs)]

@@ -22,12 +22,13 @@ import random
 import shlex
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import attrs
 import numpy as np
 import tomli_w
 import torch
+from tqdm import tqdm
 
 from gptkit import distributed, plugins
 from gptkit.adapters import ADAPTER, apply_adapter
@@ -52,7 +53,9 @@ class Run:
     or fp16); `step` the last finished optimizer step; `rank` / `world_size` this process's place among
     the processes of the run (0 / 1 for one process); `is_main` whether this process writes the
     folder, which it holds locked from `claim_folder` to `close`; `trackers` the `[track]` trackers
-    that `track` registered with the plugin manager until `close`.
+    that `track` built, until `close`; `observers` what the caller of `gptkit.run` gave to watch
+    the run. Trackers and observers receive the run's hooks (see `hooks`), and may end training
+    early with `request_stop`.
     """
 
     config: Config
@@ -67,6 +70,8 @@ class Run:
     strategy: str = "single"
     folder_lock: FolderLock | None = None
     trackers: list[Any] = attrs.field(factory=list)
+    observers: list[Any] = attrs.field(factory=list)
+    stop_request: str | None = None
 
     @property
     def is_main(self) -> bool:
@@ -84,25 +89,31 @@ class Run:
             lock.acquire()
             self.folder_lock = lock
 
-    def hooks(self):
-        """The hook relay for this run's events: the plugin manager's in the main process; elsewhere
-        one that calls nothing, so that hooks and trackers see each event once, not once per process."""
-        return plugins.hook() if self.is_main else _NoHooks()
+    def say(self, text: str) -> None:
+        """A line for the user, printed above the progress bar, by the main process only."""
+        if self.is_main:
+            tqdm.write(text)
+
+    def hooks(self, *observers: Any) -> Any:
+        """The hook relay for this run's events: in the main process, first the `observers` given
+        here (the engine's run-folder writer), this run's trackers and observers, then every plugin's
+        hooks; elsewhere one that calls nothing, so that each event is seen once, not once per process."""
+        return plugins.RunHooks([*observers, *self.trackers, *self.observers]) if self.is_main else _NoHooks()
+
+    def request_stop(self, reason: str) -> None:
+        """Ask training to end after the current step, saving a checkpoint as early stopping does,
+        and say `reason`: for observers, such as a sweep's scheduler stopping a trial that falls behind."""
+        self.stop_request = reason
 
     def track(self) -> None:
-        """Build the `[track]` trackers and register them with the plugin manager until `close`, so
-        that they receive the training hooks: once, and in the main process only (N processes make
-        one tracked run, not N)."""
+        """Build the `[track]` trackers, which then receive this run's hooks until `close`: once,
+        and in the main process only (N processes make one tracked run, not N)."""
         if self.is_main and not self.trackers:
             self.trackers = [registry.tracker.build(spec, self.ctx) for spec in self.config.track.trackers]
-            for tracker in self.trackers:
-                plugins.manager.register(tracker)
 
     def close(self) -> None:
-        """Unregister the trackers and release the run folder (`gptkit.run` does it when the recipe
+        """Drop the trackers and release the run folder (`gptkit.run` does it when the recipe
         returns or fails, after the `on_run_end` hook)."""
-        for tracker in self.trackers:
-            plugins.manager.unregister(tracker)
         self.trackers = []
         if self.folder_lock is not None:
             self.folder_lock.release()
@@ -157,7 +168,15 @@ class _NoHooks:
         return lambda **kwargs: []
 
 
-_open_runs: contextvars.ContextVar[list[Run] | None] = contextvars.ContextVar("gptkit_open_runs", default=None)
+@attrs.define
+class _Scope:
+    """What `run` hands the runs its recipe sets up (the caller's observers), and the runs it collects."""
+
+    observers: list[Any]
+    opened: list[Run] = attrs.field(factory=list)
+
+
+_scope: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar("gptkit_run_scope", default=None)
 
 
 def setup_run(config: Config) -> Run:
@@ -185,20 +204,22 @@ def setup_run(config: Config) -> Run:
         precision=resolve_precision(config.train.precision, device),
         rank=processes.rank, world_size=processes.world_size, strategy=strategy,
     )
-    opened = _open_runs.get()
-    if opened is not None:
-        opened.append(run)
+    scope = _scope.get()
+    if scope is not None:
+        run.observers = list(scope.observers)
+        scope.opened.append(run)
     return run
 
 
-def run(config: Config) -> dict[str, Any]:
-    """Run a resolved config with its recipe; returns the recipe's final metrics. When the recipe
-    returns or fails, each run it set up gets the `on_run_end` hook and its folder is released. A
-    training run stopped by SIGINT or SIGTERM raises gptkit.errors.RunInterrupted once its
-    checkpoint is saved."""
+def run(config: Config, observers: Sequence[Any] = ()) -> dict[str, Any]:
+    """Run a resolved config with its recipe; returns the recipe's final metrics. `observers`
+    (objects with `@hookimpl` methods) receive the hooks of the runs the recipe sets up, and no
+    other run's. When the recipe returns or fails, each run it set up gets the `on_run_end` hook
+    and its folder is released. A training run stopped by SIGINT or SIGTERM raises
+    gptkit.errors.RunInterrupted once its checkpoint is saved."""
     recipe = registry.recipe.get(config.run.recipe).factory
-    opened: list[Run] = []
-    token = _open_runs.set(opened)
+    scope = _Scope(list(observers))
+    token = _scope.set(scope)
     metrics: dict[str, Any] = {}
     error: BaseException | None = None
     try:
@@ -209,8 +230,8 @@ def run(config: Config) -> dict[str, Any]:
         error = exc
         raise
     finally:
-        _open_runs.reset(token)
-        for each in opened:
+        _scope.reset(token)
+        for each in scope.opened:
             try:
                 each.hooks().on_run_end(run=each, metrics=metrics, error=error)
             finally:

@@ -41,7 +41,6 @@ import attrs
 import numpy as np
 import tomli_w
 
-from gptkit import plugins
 from gptkit.config import Config, read_toml, structure, to_raw
 from gptkit.errors import ConfigError, GptkitError, RunInterrupted
 from gptkit.files import atomic_write_text, read_text
@@ -83,15 +82,17 @@ class Sweep:
 
     def trial_config(self, name: str, values: dict[str, Any], mode: str | None) -> Config:
         """The trial's resolved config: the experiment with the trial's values, its own run folder
-        runs/<sweep>/<name> (resumed when it holds a checkpoint) and a W&B tracker grouped by sweep, in `mode` (None:
-        W&B's own choice, WANDB_MODE or online)."""
+        runs/<sweep>/<name> (resumed when it holds a checkpoint; a trial that never started has no
+        folder, and starts without looking for one) and a W&B tracker grouped by sweep, in `mode`
+        (None: W&B's own choice, WANDB_MODE or online)."""
         raw = json.loads(json.dumps(self.raw))
         trackers = raw.setdefault("track", {}).get("trackers", [])
         wandb = next((t for t in trackers if t.get("name") == "wandb"), {"name": "wandb"})
         wandb = {k: v for k, v in wandb.items() if k != "mode"} | ({"mode": mode} if mode else {}) | {"group": self.folder.name}
         raw["track"]["trackers"] = [*(t for t in trackers if t.get("name") != "wandb"), wandb]
         overrides = [override(key, value) for key, value in values.items()]
-        overrides += [f"run.name={name}", f"run.out_dir={self.folder / name}", "run.resume=auto"]
+        resume = "auto" if (self.folder / name).exists() else "none"
+        overrides += [f"run.name={name}", f"run.out_dir={self.folder / name}", f"run.resume={resume}"]
         return structure(raw, overrides, source=f"{self.program} with {' '.join(overrides)}", base=self.program.parent)
 
 
@@ -194,20 +195,15 @@ def proposable(parameter: dict[str, Any]) -> list[Any]:
 # --- offline ----------------------------------------------------------------------------------------
 
 
-@attrs.define
-class TrialStopped(Exception):
-    """Hyperband stopped the trial at an evaluation (raised from the `on_eval` hook)."""
-
-    step: int
-
-
 class HyperbandStopper:
-    """Registered during an offline trial when the sweep has `early_terminate`: at each evaluation it
-    asks `sweeps.stop_runs` (hyperband) whether this trial falls behind the finished ones."""
+    """Watches an offline trial when the sweep has `early_terminate`: at each evaluation it asks
+    `sweeps.stop_runs` (hyperband) whether this trial falls behind the finished ones, and if so asks
+    the run to stop (the trial then ends as early stopping ends a run, its checkpoint saved)."""
 
     def __init__(self, sweep: Sweep, trials: list[dict[str, Any]], trial: dict[str, Any]):
         self.sweep, self.trials, self.trial = sweep, trials, trial
         self.history: list[dict[str, Any]] = []
+        self.stopped_at: int | None = None
 
     @hookimpl
     def on_eval(self, run, step, metrics):
@@ -215,7 +211,8 @@ class HyperbandStopper:
         running = {**self.trial, "state": RUNNING, "history": self.history}
         stop = sweep_engine().stop_runs(self.sweep.spec, [sweep_run(t) for t in [*self.trials, running]])
         if any(r.name == self.trial["name"] for r in stop):
-            raise TrialStopped(step)
+            self.stopped_at = step
+            run.request_stop(f"hyperband: {self.trial['name']} falls behind the finished trials at step {step}")
 
 
 def sweep_run(trial: dict[str, Any]):
@@ -308,13 +305,12 @@ def run_trial(sweep: Sweep, trials: list[dict[str, Any]], trial: dict[str, Any])
     """One trial in this process; a trial that fails is recorded as failed and the sweep goes on."""
     config = sweep.trial_config(trial["name"], trial["values"], "offline")
     stopper = HyperbandStopper(sweep, [t for t in trials if t is not trial], trial) if "early_terminate" in sweep.spec else None
-    if stopper is not None:
-        plugins.manager.register(stopper)
     try:
-        metrics = run_config(config)
-        trial.update(state=FINISHED, metric=metrics.get(sweep.metric))
-    except TrialStopped as exc:
-        trial.update(state=STOPPED, error=f"stopped by hyperband at step {exc.step}")
+        metrics = run_config(config, observers=[stopper] if stopper else [])
+        if stopper is not None and stopper.stopped_at is not None:
+            trial.update(state=STOPPED, error=f"stopped by hyperband at step {stopper.stopped_at}")
+        else:
+            trial.update(state=FINISHED, metric=metrics.get(sweep.metric))
     except RunInterrupted as exc:
         raise RunInterrupted(
             checkpoint=exc.checkpoint, step=exc.step, signal=exc.signal, metrics=exc.metrics,
@@ -322,9 +318,6 @@ def run_trial(sweep: Sweep, trials: list[dict[str, Any]], trial: dict[str, Any])
         ) from None
     except Exception as exc:  # noqa: BLE001 - any failure of one trial is that trial's
         trial.update(state=FAILED, error=f"{type(exc).__name__}: {exc}".splitlines()[0])
-    finally:
-        if stopper is not None:
-            plugins.manager.unregister(stopper)
     metrics_file = sweep.folder / trial["name"] / "metrics.jsonl"
     rows = [{sweep.metric: r[sweep.metric]} for r in (read_metrics(metrics_file) if metrics_file.is_file() else []) if sweep.metric in r]
     trial["history"] = rows

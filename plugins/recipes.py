@@ -21,7 +21,7 @@ from gptkit.files import atomic_write_text, read_text
 from gptkit.generation import generate, text_generation
 from gptkit.plugins import registry
 from gptkit.runs import setup_run
-from gptkit.training import Trainer
+from gptkit.training import fit
 
 
 def generate_recipe(config):
@@ -61,11 +61,10 @@ def pretrain_recipe(config):
     if config.data.dataset is None:
         raise GptkitError("data.dataset: required by the pretrain recipe (e.g. { name = \"text\", path = \"book.txt\" })")
     run = setup_run(config)
-    trainer = Trainer(run)
     dataset = registry.dataset.build(config.data.dataset, run.ctx)
     parts = split_dataset(dataset, config.data.split, config.data.split_order)
     collator = registry.collator.build(config.data.collator, run.ctx)
-    return trainer.fit(parts["train"], parts["val"], collator)
+    return fit(run, parts["train"], parts["val"], collator)
 
 
 pretrain_recipe.metric_keys = TRAINING_KEYS
@@ -80,7 +79,6 @@ def instruct_recipe(config):
     if len(config.data.split) != 3:
         raise GptkitError(f"data.split: the instruct recipe needs train, val and test shares, got {config.data.split}")
     run = setup_run(config)
-    trainer = Trainer(run)
     parts = split_dataset(registry.dataset.build(config.data.dataset, run.ctx), config.data.split, config.data.split_order)
     for name, part in parts.items():
         if not part:
@@ -95,7 +93,7 @@ def instruct_recipe(config):
         g = config.generate
         return prompt + generate(run.model, run.tokenizer, prompt, max_new_tokens=g.max_new_tokens, sampler=sampler, seed=config.run.seed + run.step)
 
-    final = trainer.fit(parts["train"], parts["val"], collator, sample=sample)
+    final = fit(run, parts["train"], parts["val"], collator, sample=sample)
     records = answer(run, [example.record for example in parts["test"]])  # on every rank: under fsdp each forward needs them all
     if not run.is_main:
         return final

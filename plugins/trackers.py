@@ -48,8 +48,8 @@ class WandbParams:
 
 
 class WandbTracker:
-    """One W&B run for one gptkit run: opened at `on_train_start`, finished at `on_run_end` (or
-    `on_train_error`). Hooks about other runs of the process are ignored."""
+    """One W&B run for one gptkit run (a tracker hears its own run's hooks only): opened at
+    `on_train_start`, finished at `on_run_end` (or `on_train_error`)."""
 
     def __init__(self, ctx, *, project, entity, mode, name, group, tags, log_checkpoints):
         try:
@@ -59,19 +59,14 @@ class WandbTracker:
         self.wandb = wandb
         self.init_args = dict(project=project, entity=entity, mode=mode, name=name, group=group, tags=tags)
         self.log_checkpoints = log_checkpoints
-        self.run = None  # the gptkit run, from on_train_start
         self.wb = None  # the W&B run while it is open
         self.best_val_loss = math.inf
         self.samples: list[list[Any]] = []
 
-    def tracks(self, run) -> bool:
-        return self.wb is not None and run is self.run
-
     @hookimpl
     def on_train_start(self, run):
-        if self.run is not None:
+        if self.wb is not None:
             return
-        self.run = run
         id_file = run.out_dir / "wandb" / RUN_ID_FILE
         # A resumed run keeps its W&B id; under `wandb agent` a new one takes the agent's (WANDB_RUN_ID,
         # passed explicitly: W&B reads its environment once per process); else W&B makes one.
@@ -91,7 +86,7 @@ class WandbTracker:
 
     @hookimpl
     def on_step_end(self, run, step, metrics):
-        if not self.tracks(run):
+        if not self.wb is not None:
             return
         if "val_loss" in metrics:
             self.best_val_loss = min(self.best_val_loss, metrics["val_loss"])
@@ -99,20 +94,20 @@ class WandbTracker:
 
     @hookimpl
     def on_sample(self, run, step, text):
-        if self.tracks(run):
+        if self.wb is not None:
             self.samples.append([step, text])  # a Table is immutable: each log holds every sample so far
             self.wb.log({"samples": self.wandb.Table(columns=["step", "text"], data=self.samples)}, step=step)
 
     @hookimpl
     def on_checkpoint(self, run, step, path):
-        if self.tracks(run) and self.log_checkpoints:
+        if self.wb is not None and self.log_checkpoints:
             artifact = self.wandb.Artifact(f"{run.config.run.name}-checkpoint", type="model", metadata={"step": step})
             artifact.add_dir(str(path))
             self.wb.log_artifact(artifact, aliases=[f"step-{step}", "latest"])
 
     @hookimpl
     def on_train_end(self, run, metrics):
-        if not self.tracks(run):
+        if not self.wb is not None:
             return
         plot = run.out_dir / "loss.png"
         if plot.is_file():
@@ -123,7 +118,7 @@ class WandbTracker:
 
     @hookimpl
     def on_train_error(self, run, error):
-        if not self.tracks(run):
+        if not self.wb is not None:
             return
         self.wb.summary["error"] = f"{type(error).__name__}: {error}".splitlines()[0]
         if isinstance(error, RunInterrupted):
@@ -132,7 +127,7 @@ class WandbTracker:
 
     @hookimpl
     def on_run_end(self, run, metrics, error):
-        if not self.tracks(run):
+        if not self.wb is not None:
             return
         if error is None:
             self.wb.summary.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})

@@ -26,5 +26,5 @@ def test_gpu_check_smoke_runs_every_part(tmp_path, gpt2_vocab):
         assert f"| {part} |" in table
     for row in ("growing cache", "static cache", "HF generate", "torch.compile", "GPTModelFast + compile", "HF GPT-2 + compile",
                 "activations kept", "activation checkpointing",
-                "gptkit + compile", "Trainer.fit", "original ch07"):
+                "gptkit + compile", "training.fit", "original ch07"):
         assert row in table, row

@@ -92,21 +92,21 @@ def test_offline_run_holds_every_metrics_row_samples_plot_and_summary(tmp_path):
 
 
 def test_a_run_resumed_after_ctrl_c_continues_the_same_wandb_run_with_no_step_twice(tmp_path, monkeypatch):
-    from gptkit.training import Trainer
+    from gptkit import training
 
-    real = Trainer.train_step
+    real = training.train_step
 
-    def step_then_sigint(self, parts, examples, lr):
-        result = real(self, parts, examples, lr)
-        if self.run.step == 2 and self.run.config.train.max_steps == 6:  # the third step of the first start
+    def step_then_sigint(run, parts, examples, lr):
+        result = real(run, parts, examples, lr)
+        if run.step == 2 and run.config.train.max_steps == 6:  # the third step of the first start
             os.kill(os.getpid(), signal.SIGINT)
         return result
 
-    monkeypatch.setattr(Trainer, "train_step", step_then_sigint)
+    monkeypatch.setattr(training, "train_step", step_then_sigint)
     experiment = tiny_experiment(tmp_path)
     with pytest.raises(RunInterrupted):
         gptkit.run(load_config(experiment, ["train.max_steps=6"]))
-    monkeypatch.setattr(Trainer, "train_step", real)
+    monkeypatch.setattr(training, "train_step", real)
     gptkit.run(load_config(experiment, ["train.max_steps=6", "run.resume=auto", "run.resume_changes=allow"]))
     run_dir = tmp_path / "runs" / "tiny"
     first, second = wandb_files(run_dir)

@@ -168,17 +168,17 @@ def test_sigterm_exits_143_and_the_resume_command_under_debug_reproduces_the_run
 
 def test_interrupted_run_raises_run_interrupted_in_process(tmp_path, monkeypatch):
     """gptkit.run() tells a cut run from a finished one: RunInterrupted, with the checkpoint and signal."""
-    from gptkit.training import Trainer
+    from gptkit import training
 
-    real = Trainer.train_step
+    real = training.train_step
 
-    def step_then_signal(self, parts, examples, lr):
-        result = real(self, parts, examples, lr)
-        if self.run.step == 2:  # the third step: the handler is installed, as for a real Ctrl-C
+    def step_then_signal(run, parts, examples, lr):
+        result = real(run, parts, examples, lr)
+        if run.step == 2:  # the third step: the handler is installed, as for a real Ctrl-C
             os.kill(os.getpid(), signal.SIGINT)
         return result
 
-    monkeypatch.setattr(Trainer, "train_step", step_then_signal)
+    monkeypatch.setattr(training, "train_step", step_then_signal)
     with pytest.raises(RunInterrupted) as caught:
         gptkit.run(tiny_config(tmp_path, "train.max_steps=8"))
     stopped = caught.value
@@ -245,9 +245,9 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_pa
 
 
 def test_early_stopping_on_val_loss(tmp_path, monkeypatch):
-    from gptkit.training import Trainer
+    from gptkit import training
 
-    monkeypatch.setattr(Trainer, "evaluate", lambda self, parts: {"train_loss": 1.0, "val_loss": 2.0})
+    monkeypatch.setattr(training, "evaluate", lambda run, parts: {"train_loss": 1.0, "val_loss": 2.0})
     final = gptkit.run(tiny_config(tmp_path, "train.eval_every=1", "train.early_stopping_patience=2"))
     assert final["step"] == 3  # step 1 sets the best; steps 2 and 3 do not improve on it
     assert [p.name for p in checkpoint.step_checkpoints(tmp_path / "run")] == ["step-000003"]
