@@ -21,6 +21,7 @@ import tomli_w
 
 from gptkit.errors import ConfigError, GptkitError
 from gptkit.model_config import GPTConfig, size_problems
+from gptkit import plugins
 from gptkit.plugins import registry
 from gptkit.presets import PRESETS, SIZE_KEYS, resolve_preset
 from gptkit.schema import Component, above, at_least, bound, kind, path_field, resolve_path, to_raw, unset
@@ -54,6 +55,9 @@ class RunSection:
     seed: int = 123
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     threads: int | None = unset("torch's own choice of intra-op threads", validator=at_least(1))
+    # Plugin modules to load that are not installed packages, e.g. ["my_attention"] for my_attention.py
+    # beside the experiment: try a component before packaging it (see the README's plugin guide).
+    plugins: list[str] = attrs.field(factory=list)
 
 
 @attrs.define
@@ -466,6 +470,7 @@ def structure(raw: dict[str, Any], overrides: list[str] = (), source: str | None
     raw = _deepcopy(raw)
     problems: list[str] = []
     apply_overrides(raw, list(overrides), problems)
+    problems += load_run_plugins(raw, base or Path.cwd())
     structurer = _Structurer()
     config = structurer.attrs_class(Config, raw, "")
     if config is not _MISSING:
@@ -475,6 +480,14 @@ def structure(raw: dict[str, Any], overrides: list[str] = (), source: str | None
         raise ConfigError(problems, source=source)
     _resolve_paths(config, base or Path.cwd())
     return config
+
+
+def load_run_plugins(raw: dict[str, Any], base: Path) -> list[str]:
+    """Load the modules `[run] plugins` names, before the components they may register are checked."""
+    names = raw.get("run", {}).get("plugins", []) if isinstance(raw.get("run"), dict) else []
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        return []  # the structurer reports the wrong type
+    return [f"run.plugins: {problem}" for problem in plugins.load_modules(names, base)]
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -3,7 +3,8 @@
 A registry maps a short name ("causal", "top-k", "acme.linear") to an `Entry`: the factory that
 builds the component, the attrs class of its parameters (or None), a one-line doc and the origin
 (the plugin that registered it). This module holds the classes only; the process-wide registries
-(`gptkit.registry`) belong to the plugin manager (gptkit.plugins), which fills them on first lookup.
+(`gptkit.registry`) belong to the plugin manager (gptkit.plugins), which fills each kind on its first
+lookup: `ensure_loaded(kind, name)` (name None: every name of the kind) runs before each.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ class Registry:
     in the fallback, so a factory that keeps it can look any component up, built-in or not, long
     after the hook returned."""
 
-    def __init__(self, kind: str, ensure_loaded: Callable[[], None] = lambda: None, fallback: "Registry | None" = None):
+    def __init__(self, kind: str, ensure_loaded: Callable[[str, str | None], None] = lambda kind, name: None, fallback: "Registry | None" = None):
         self.kind = kind
         self._entries: dict[str, Entry] = {}
         self._ensure_loaded = ensure_loaded
@@ -111,7 +112,7 @@ class Registry:
         self._entries.pop(name, None)
 
     def get(self, name: str) -> Entry:
-        self._ensure_loaded()
+        self._ensure_loaded(self.kind, name)
         if name in self._entries:
             return self._entries[name]
         if self._fallback is not None and name in self._fallback:
@@ -131,12 +132,16 @@ class Registry:
             raise RegistryError(f"{self.kind} {spec.name!r}: {exc}") from None
         return entry.factory(*args, **attrs.asdict(params, recurse=False))
 
+    def holds(self, name: str) -> bool:
+        """Whether `name` is registered here now, without loading any plugin to find it."""
+        return name in self._entries
+
     def __contains__(self, name: str) -> bool:
-        self._ensure_loaded()
+        self._ensure_loaded(self.kind, name)
         return name in self._entries or (self._fallback is not None and name in self._fallback)
 
     def names(self) -> list[str]:
-        self._ensure_loaded()
+        self._ensure_loaded(self.kind, None)
         fallback = self._fallback.names() if self._fallback is not None else []
         return sorted(self._entries.keys() | set(fallback))
 
@@ -154,7 +159,7 @@ class Registries:
     """The registries of every kind, as attributes: `registries.attention`, `registries.sampler`, ...
     With a `fallback`, each kind's registry finds the names it lacks there (see Registry)."""
 
-    def __init__(self, ensure_loaded: Callable[[], None] = lambda: None, fallback: "Registries | None" = None):
+    def __init__(self, ensure_loaded: Callable[[str, str | None], None] = lambda kind, name: None, fallback: "Registries | None" = None):
         for kind in KINDS:
             setattr(self, kind, Registry(kind, ensure_loaded, fallback[kind] if fallback is not None else None))
 

@@ -44,7 +44,7 @@ def test_three_mistakes_reported_together(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert err.value.problems == [
-        "run.colour: unknown key (expected one of: name, recipe, out_dir, resume, resume_changes, seed, device, threads)",
+        "run.colour: unknown key (expected one of: name, recipe, out_dir, resume, resume_changes, seed, device, threads, plugins)",
         "model.n_layers: expected integer, got string '4'",
         "generate.sampler.nucleus: unknown key (sampler 'top-k' takes: top_k, temperature)",
     ]

@@ -187,3 +187,38 @@ def test_the_registry_a_plugin_is_given_finds_every_name_after_registration():
     finally:
         plugins.unregister("keeper")
         registry.norm.unregister("acme.kept")
+
+
+def test_the_table_of_builtin_kinds_says_what_each_builtin_registers():
+    """Built-ins load kind by kind (plugins.BUILTIN_KINDS): each built-in entry point is listed under
+    exactly the kinds it registers."""
+    registers: dict[str, set[str]] = {}
+    for ep in plugins.entry_points():
+        if plugins.is_builtin(ep):
+            staged = Registries()
+            ep.load().register_components(registry=staged)
+            registers[ep.name] = {entry.kind for entry in staged.entries()}
+    table = {name: {kind for kind, names in plugins.BUILTIN_KINDS.items() if name in names} for name in registers}
+    assert table == registers
+
+
+def test_run_plugins_loads_a_module_beside_the_experiment(tmp_path):
+    (tmp_path / "my_unpackaged_norm.py").write_text(
+        "import torch\nfrom gptkit import hookimpl\n\n"
+        "@hookimpl\ndef register_components(registry):\n"
+        "    registry.norm.register('mine.identity', lambda config: torch.nn.Identity(), doc='No norm at all.')\n"
+    )
+    experiment = tmp_path / "x.toml"
+    experiment.write_text('[run]\nname = "x"\nrecipe = "generate"\nplugins = ["my_unpackaged_norm"]\n[model]\npreset = "gpt2"\nnorm = { name = "mine.identity" }\n')
+    from gptkit.config import load_config
+    from gptkit.errors import ConfigError
+
+    try:
+        assert load_config(experiment).model.norm.name == "mine.identity"
+        assert registry.norm.get("mine.identity").origin == "(run.plugins) [my_unpackaged_norm]"
+        with pytest.raises(ConfigError) as err:
+            load_config(experiment, ['run.plugins=["no_such_module"]'])
+        assert err.value.problems[0] == "run.plugins: cannot import 'no_such_module': ModuleNotFoundError: No module named 'no_such_module'"
+    finally:
+        plugins.unregister("my_unpackaged_norm")
+        registry.norm.unregister("mine.identity")
