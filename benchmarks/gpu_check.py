@@ -69,6 +69,8 @@ def prepare() -> None:
     wheels = PREPARED / "wheels"
     pip = [sys.executable, "-m", "pip", "-q"]
     subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(ROOT)], check=True)
+    for leftover in ("build", "gptkit.egg-info"):  # the build's leftovers: a stale egg-info would shadow the installed entry points
+        shutil.rmtree(ROOT / leftover, ignore_errors=True)
     pinned = [f"{name}=={version(name)}" for name in CARRIED]
     subprocess.run([*pip, "download", "--no-deps", "--only-binary=:all:", "--python-version", "3.12", "-d", str(wheels), *pinned], check=True)
     vocab = vocab_dir()

@@ -82,8 +82,8 @@ class DataSection:
 @attrs.define
 class TrainSection:
     finetune: Component = kind("finetune", factory=lambda: Component("full"))
-    epochs: int = attrs.field(default=1, validator=at_least(1))
-    max_steps: int = attrs.field(default=0, validator=at_least(0))  # > 0: stop at this step, even mid-epoch (never past `epochs`)
+    epochs: int = attrs.field(default=1, validator=at_least(1), metadata={"doc": "passes over the training split; training ends after them, or at max_steps if that comes first"})
+    max_steps: int = attrs.field(default=0, validator=at_least(0), metadata={"doc": "0: no limit; N > 0 stops at optimizer step N, even mid-epoch, never past the epochs"})
     batch_size: int = attrs.field(default=8, validator=at_least(1))
     grad_accum: int = attrs.field(default=1, validator=at_least(1))
     lr: float = attrs.field(default=4e-4, validator=above(0))
@@ -313,7 +313,8 @@ class _Structurer:
 
 def show_toml(config: Config) -> str:
     """The resolved config as TOML, with every key left unset shown as a comment under its table
-    (`# out_dir: unset (runs/<name>, ...)`), so that the output lists every key there is."""
+    (`# out_dir: unset (runs/<name>, ...)`), so that the output lists every key there is, and the
+    keys whose meaning needs a word (a field's metadata "doc") explained the same way."""
     comments: dict[str, list[str]] = {}
     for section_field in attrs.fields(Config):
         section = getattr(config, section_field.name)
@@ -324,6 +325,8 @@ def show_toml(config: Config) -> str:
             if value is None:
                 meaning = field.metadata.get("unset")
                 comments.setdefault(section_field.name, []).append(f"# {field.name}: unset" + (f" ({meaning})" if meaning else ""))
+            elif field.metadata.get("doc"):
+                comments.setdefault(section_field.name, []).append(f"# {field.name}: {field.metadata['doc']}")
             elif isinstance(value, Component):
                 entry = registry[field.metadata["kind"]].get(value.name)
                 for name in _fields(entry.params) if entry.params else {}:

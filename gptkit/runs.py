@@ -194,7 +194,7 @@ def setup_run(config: Config) -> Run:
         torch.set_num_threads(config.run.threads)
     distributed.start(processes, device)
     seed_everything(config.run.seed)
-    out_dir = Path(config.run.out_dir or os.path.join("runs", config.run.name))
+    out_dir = run_folder(config)
     ctx = build_context(config, device, out_dir)
     model = build_model(config, ctx)
     if processes.rank:
@@ -209,6 +209,11 @@ def setup_run(config: Config) -> Run:
         run.observers = list(scope.observers)
         scope.opened.append(run)
     return run
+
+
+def run_folder(config: Config) -> Path:
+    """The run's folder: `run.out_dir`, else runs/<run.name> in the working directory."""
+    return Path(config.run.out_dir or os.path.join("runs", config.run.name))
 
 
 def run(config: Config, observers: Sequence[Any] = ()) -> dict[str, Any]:

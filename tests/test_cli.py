@@ -88,3 +88,15 @@ def test_missing_experiment_file_is_one_line():
 def test_debug_shows_traceback():
     result = gptkit("--debug", "run", "nope.toml")
     assert result.returncode == 2 and "Traceback" in result.stderr
+
+
+def test_a_run_ends_by_naming_its_folder_and_what_to_do_next(tmp_path):
+    """Issue 21, item 7: every `gptkit run` ends with its run folder, on stderr (stdout stays the recipe's)."""
+    out = tmp_path / "out"
+    result = gptkit("run", TINY, f"run.out_dir={out}")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"run folder: {out}; next: gptkit generate {out} --prompt TEXT | gptkit eval {out} --text FILE"
+    )
+    again = gptkit("generate", str(out), "--prompt", "Hi", "--max-new-tokens", "2")
+    assert again.returncode == 0 and again.stdout.startswith("Hi")

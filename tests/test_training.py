@@ -405,3 +405,34 @@ def test_length_grouped_order_is_a_permutation_with_less_padding():
     assert sorted(grouped) == list(range(1001)) and grouped == epoch_order(1001, 7, 0, lengths, 8)  # a permutation, seeded
     assert grouped != epoch_order(1001, 7, 1, lengths, 8)  # a new order each epoch
     assert padded(grouped) < 0.7 * padded(plain)
+
+
+def test_max_steps_that_the_epochs_cannot_reach_is_said_at_the_start(tmp_path, capsys):
+    """train.max_steps stops training early; it never trains past train.epochs, and says so (issue 21, item 6)."""
+    final = gptkit.run(tiny_config(tmp_path, "train.epochs=1", "train.max_steps=1000"))
+    steps = final["step"]
+    out = capsys.readouterr().out
+    assert f"train.max_steps = 1000 is more than train.epochs = 1 x {steps} steps per epoch: training stops at step {steps}" in out
+    assert out.index("train.max_steps = 1000") < out.index("Ep 1 (Step 000001)")
+
+
+def test_an_observer_hears_its_own_run_only_and_may_stop_it(tmp_path):
+    """gptkit.run(config, observers=[...]): the observer hears that run's hooks, no other run's, and
+    `run.request_stop` ends training after the step with a checkpoint, as early stopping does."""
+
+    class StopAtTwo:
+        def __init__(self):
+            self.steps = []
+
+        @gptkit.hookimpl
+        def on_step_end(self, run, step, metrics):
+            self.steps.append((run.out_dir.name, step))
+            if step == 2:
+                run.request_stop("the observer has seen enough")
+
+    observer = StopAtTwo()
+    final = gptkit.run(tiny_config(tmp_path, f"run.out_dir={tmp_path / 'watched'}"), observers=[observer])
+    gptkit.run(tiny_config(tmp_path, f"run.out_dir={tmp_path / 'other'}", "train.max_steps=3"))
+    assert observer.steps == [("watched", 1), ("watched", 2)]
+    assert final["step"] == 2 and [r["step"] for r in rows(tmp_path / "watched")] == [1, 2]
+    assert [p.name for p in checkpoint.step_checkpoints(tmp_path / "watched")] == ["step-000002"]

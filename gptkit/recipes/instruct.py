@@ -1,73 +1,22 @@
-"""Recipes: short scripts that wire components into a job, on the one run setup (gptkit.runs).
-
-`generate` samples text from a model, `pretrain` trains one on a dataset with the training engine,
-`instruct` fine-tunes one on instruction records and scores its answers on the held-out ones,
-`evaluate` measures a model's loss and perplexity on a text.
-"""
+"""The `instruct` recipe: instruction fine-tuning as the original ch07 script does it, then the model's
+answers to the held-out records (responses.json) and their scores (scores.json)."""
 
 from __future__ import annotations
 
 import json
-import time
+from pathlib import Path
 
 from tqdm import tqdm
 
-from gptkit import hookimpl
-from gptkit.checkpoint import MODEL, save_model
 from gptkit.data import split_dataset
 from gptkit.errors import GptkitError
-from gptkit.evaluation import result_line, score_responses, text_loss
+from gptkit.evaluation import result_line, score_responses
 from gptkit.files import atomic_write_text, read_text
-from gptkit.generation import generate, text_generation
+from gptkit.generation import generate
 from gptkit.plugins import registry
+from gptkit.recipes.pretrain import TRAINING_KEYS
 from gptkit.runs import setup_run
 from gptkit.training import fit
-
-
-def generate_recipe(config):
-    """Sample `[generate] max_new_tokens` tokens after `[generate] prompt`; print and save them, and
-    save the model as `model/` so the run folder is a SOURCE for `gptkit generate` and `gptkit.load_model`."""
-    run = setup_run(config)
-    g = config.generate
-    generation = text_generation(
-        run.model,
-        run.tokenizer,
-        [g.prompt],
-        max_new_tokens=g.max_new_tokens,
-        sampler=registry.sampler.build(g.sampler, run.ctx),
-        seed=config.run.seed,
-        ignore_eos=g.ignore_eos,
-    )
-    start = time.perf_counter()
-    (completion,) = generation.run()
-    seconds = time.perf_counter() - start
-    text = g.prompt + run.tokenizer.decode(completion.new_ids)
-    if run.is_main:  # under torchrun every rank generates the same; rank 0 writes
-        print(text)
-        run.write_config()
-        atomic_write_text(run.out_dir / "samples.txt", text + "\n")
-        save_model(run.out_dir / MODEL, run.model, run.tokenizer)
-    new_tokens = len(completion.new_ids)
-    return {"new_tokens": new_tokens, "tokens_per_s": new_tokens / seconds if seconds > 0 else 0.0}
-
-
-generate_recipe.metric_keys = ("new_tokens", "tokens_per_s")
-
-TRAINING_KEYS = ("step", "epoch", "tokens_seen", "lr", "loss", "tokens_per_s", "train_loss", "val_loss")
-
-
-def pretrain_recipe(config):
-    """Train `[model]` on `[data] dataset` (split by `[data] split`) with the training engine."""
-    if config.data.dataset is None:
-        raise GptkitError("data.dataset: required by the pretrain recipe (e.g. { name = \"text\", path = \"book.txt\" })")
-    run = setup_run(config)
-    dataset = registry.dataset.build(config.data.dataset, run.ctx)
-    parts = split_dataset(dataset, config.data.split, config.data.split_order)
-    collator = registry.collator.build(config.data.collator, run.ctx)
-    return fit(run, parts["train"], parts["val"], collator)
-
-
-pretrain_recipe.metric_keys = TRAINING_KEYS
 
 
 def instruct_recipe(config):
@@ -108,6 +57,22 @@ def instruct_recipe(config):
 instruct_recipe.metric_keys = TRAINING_KEYS + ("exact_match", "rouge_l", "judge_score")
 
 
+def read_responses(path: Path) -> list[dict]:
+    """The records of a responses.json as this recipe writes it, each with string `output` and
+    `model_response`; an error naming the file and record otherwise."""
+    try:
+        records = json.loads(read_text(path))
+    except json.JSONDecodeError as exc:
+        raise GptkitError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    if not isinstance(records, list):
+        raise GptkitError(f"{path}: expected a JSON array of records, as responses.json holds")
+    for i, record in enumerate(records):
+        missing = [key for key in ("output", "model_response") if not isinstance(record, dict) or not isinstance(record.get(key), str)]
+        if missing:
+            raise GptkitError(f"{path}: record {i} has no string {' or '.join(missing)}")
+    return records
+
+
 def prompts_of(prompt_format, records: list[dict]) -> list[str]:
     return [prompt_format(record)[0] for record in records]
 
@@ -127,27 +92,3 @@ def answer(run, records: list[dict]) -> list[dict]:
         texts = generate(run.model, run.tokenizer, batch, max_new_tokens=e.max_new_tokens, sampler=sampler, seed=run.config.run.seed)
         answered += [{**record, "model_response": text.strip()} for record, text in zip(records[start:], texts)]
     return answered
-
-
-def evaluate_recipe(config):
-    """Loss and perplexity of the model (`[init] checkpoint`, or `[model]`) on the text file `[eval] text`."""
-    if config.eval.text is None:
-        raise GptkitError("eval.text: required by the evaluate recipe (a UTF-8 text file)")
-    run = setup_run(config)
-    result = text_loss(run.model, run.tokenizer.encode(read_text(config.eval.text)), stride=config.eval.stride)
-    if run.is_main:  # under torchrun every rank computes the same; rank 0 writes
-        run.write_config()
-        atomic_write_text(run.out_dir / "eval.json", json.dumps(result) + "\n")
-        print(json.dumps(result))
-    return result
-
-
-evaluate_recipe.metric_keys = ("loss", "perplexity", "tokens")
-
-
-@hookimpl
-def register_components(registry):
-    registry.recipe.register("generate", generate_recipe, doc="Generate text from [generate] prompt with [generate] sampler.")
-    registry.recipe.register("pretrain", pretrain_recipe, doc="Train [model] on [data] dataset: checkpoints, metrics.jsonl, loss.png, samples.")
-    registry.recipe.register("instruct", instruct_recipe, doc="Instruction fine-tuning: train, then responses.json and scores.json on the test records.")
-    registry.recipe.register("evaluate", evaluate_recipe, doc="Loss and perplexity of the model on [eval] text (sliding windows).")
