@@ -107,14 +107,16 @@ def override(key: str, value: Any) -> str:
 
 
 def sweep_engine():
-    """W&B's `sweeps` package (the wandb extra), imported when a sweep runs and quietly: on import
-    it warns about its own pydantic settings, which is nothing a user can act on."""
+    """W&B's `sweeps` package, imported when a sweep runs and quietly: on import it warns about its
+    own pydantic settings, which is nothing a user can act on. It is installed without its
+    dependencies (its metadata pins numpy<2, yet it runs on numpy 2); the `wandb` extra holds the
+    others."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Valid config keys have changed in V2", category=UserWarning)
         try:
             import sweeps
         except ImportError:
-            raise GptkitError("gptkit sweep needs W&B's sweep engine: pip install 'gptkit[wandb]'") from None
+            raise GptkitError("gptkit sweep needs W&B's sweep engine: pip install 'gptkit[wandb]' && pip install --no-deps 'sweeps>=0.3'") from None
     return sweeps
 
 

@@ -21,6 +21,7 @@ def test_version_and_help():
         assert command in out
 
 
+@pytest.mark.slow
 def test_list_shows_every_kind_and_origins():
     out = gptkit("list").stdout
     for kind in ("attention:", "norm:", "feedforward:", "sampler:", "tokenizer:", "checkpoint:", "recipe:"):
@@ -72,6 +73,7 @@ def test_config_show_applies_overrides():
     assert "lr = 0.0003" in result.stdout and 'prompt = "Hi"' in result.stdout
 
 
+@pytest.mark.slow
 def test_run_tiny_generate(tmp_path):
     result = gptkit("run", TINY, f"run.out_dir={tmp_path / 'out'}")
     assert result.returncode == 0, result.stderr
@@ -90,6 +92,7 @@ def test_debug_shows_traceback():
     assert result.returncode == 2 and "Traceback" in result.stderr
 
 
+@pytest.mark.slow
 def test_a_run_ends_by_naming_its_folder_and_what_to_do_next(tmp_path):
     """Issue 21, item 7: every `gptkit run` ends with its run folder, on stderr (stdout stays the recipe's)."""
     out = tmp_path / "out"

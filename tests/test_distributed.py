@@ -26,6 +26,8 @@ from gptkit.config import load_config
 from gptkit.errors import GptkitError
 from gptkit.testing import write_tiny_pretrain
 
+pytestmark = pytest.mark.slow  # a real run of minutes: `python -m pytest -m slow` (CI runs it)
+
 # gptkit.testing's tiny pretraining run (tiny.toml), without dropout, 20 steps, a checkpoint at 10
 PRETRAIN = [
     "run.threads=1", "model.drop_rate=0.0", "train.epochs=100", "train.max_steps=20", "train.eval_every=5",

@@ -10,6 +10,8 @@ from conftest import ROOT
 from gpt2_fixtures import HF_TINY
 from plugin_packages import gptkit, install, python
 
+pytestmark = pytest.mark.slow  # pip-installs the package and runs it in subprocesses: `python -m pytest -m slow` (CI runs it)
+
 EXAMPLE = ROOT / "examples" / "acme-window-attention"
 TINY = str(ROOT / "experiments" / "tiny_generate.toml")
 
@@ -43,7 +45,10 @@ def test_the_guide_quotes_the_module_as_it_is():
     assert "class WindowAttention" in excerpt and excerpt in (EXAMPLE / "acme_window_attention.py").read_text(encoding="utf-8")
     wrapping = section[section.index("**Wrapping a built-in**") :].split("```python\n")[1].split("```")[0]
     assert "registry.attention.build(Component(inner), config)" in wrapping
-    assert wrapping in (EXAMPLE / "acme_probes.py").read_text(encoding="utf-8")
+    module = (EXAMPLE / "acme_probes.py").read_text(encoding="utf-8")
+    pieces = wrapping.split("\n\n\n")  # the imports, record_rms, the start of the hook: each as the module has it, in its order
+    assert len(pieces) == 3 and all(piece in module for piece in pieces)
+    assert [module.index(piece) for piece in pieces] == sorted(module.index(piece) for piece in pieces)
 
 
 def test_listed_with_its_origin(site):

@@ -150,6 +150,7 @@ def test_freeze_run_changes_only_the_top_block_and_final_norm(tmp_path):
     assert changed == {n for n in base if n.startswith(("blocks.1.", "final_norm."))}
 
 
+@pytest.mark.slow
 def test_lora_checkpoint_loads_generates_and_exports_to_transformers(tmp_path):
     from transformers import GPT2LMHeadModel
 

@@ -38,6 +38,7 @@ def write_experiment(folder: Path, dataset_path: str = "text.txt") -> Path:
 # --- the generate recipe's run folder is a SOURCE ------------------------------------------------
 
 
+@pytest.mark.slow
 def test_generate_run_folder_loads_and_generates(tmp_path):
     out = tmp_path / "runs" / "tiny-generate"
     gptkit.run(load_config(TINY_GENERATE, [f"run.out_dir={out}"]))
@@ -108,6 +109,7 @@ def test_urls_model_names_and_hub_ids_pass_through(tmp_path):
 # --- SOURCE --------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_misspelt_local_source_is_no_such_folder_with_near_matches(tmp_path):
     (tmp_path / "runs" / "tiny-pretrain").mkdir(parents=True)
     result = gptkit_cli("generate", "runs/tiny-pretrian", "--prompt", "x", cwd=tmp_path)
@@ -117,6 +119,7 @@ def test_a_misspelt_local_source_is_no_such_folder_with_near_matches(tmp_path):
     assert dotted.returncode == 2 and "nothing-here: no such folder" in dotted.stderr and "hub" not in dotted.stderr
 
 
+@pytest.mark.slow
 def test_a_tokenizer_larger_than_the_vocabulary_is_an_error_not_an_index_error(tmp_path, gpt2_vocab):
     from gptkit.checkpoint import save_model
     from gptkit.model import GPT, GPTConfig
@@ -184,6 +187,7 @@ def test_a_run_stopped_mid_epoch_by_max_steps_still_writes_its_sample(tmp_path):
     assert (out / "samples.txt").read_text(encoding="utf-8").startswith("epoch 1, step 3:\n")
 
 
+@pytest.mark.slow
 def test_provenance_records_the_resolved_precision_and_the_command(tmp_path):
     experiment = write_experiment(tmp_path)
     out = tmp_path / "run"

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # a real run of minutes: `python -m pytest -m slow` (CI runs it)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

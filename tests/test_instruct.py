@@ -33,6 +33,7 @@ def gpt2_vocabulary(monkeypatch):
     return [f"data.tokenizer.path={SHARED_GPT2}"]
 
 
+@pytest.mark.slow
 def test_instruct_test_writes_responses_and_scores(tmp_path, gpt2_vocabulary):
     out = tmp_path / "run"
     result = gptkit_cli("run", str(EXPERIMENTS / "instruct_test.toml"), f"run.out_dir={out}", *gpt2_vocabulary)
@@ -62,6 +63,7 @@ def gpt2_medium_server(tmp_path_factory):
         yield server
 
 
+@pytest.mark.slow
 def test_instruct_medium_runs_end_to_end_with_only_overrides(tmp_path, gpt2_medium_server):
     out = tmp_path / "run"
     config = load_config(EXPERIMENTS / "instruct_medium.toml", [
@@ -109,12 +111,14 @@ def quick_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_chat_answers_one_line_per_input_line_in_the_saved_format(quick_run):
     result = gptkit_cli("chat", str(quick_run), "--max-new-tokens", "5", input="Reverse the word.\n\nUppercase the word.\n/exit\nnot read\n")
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.splitlines()) == 2  # two instructions, the blank line skipped, /exit ends
 
 
+@pytest.mark.slow
 def test_chat_on_a_model_without_a_prompt_format_says_so(tmp_path):
     gptkit.run(load_config(EXPERIMENTS / "tiny_generate.toml", [f"run.out_dir={tmp_path / 'g'}"]))
     result = gptkit_cli("chat", str(tmp_path / "g"), input="hello\n")
@@ -123,6 +127,7 @@ def test_chat_on_a_model_without_a_prompt_format_says_so(tmp_path):
     assert named.returncode == 0 and len(named.stdout.splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_eval_rescores_a_responses_file(quick_run, tmp_path):
     responses = quick_run / "responses.json"
     scores = json.loads((quick_run / "scores.json").read_text(encoding="utf-8"))
@@ -156,6 +161,7 @@ def test_the_loss_uses_the_collators_ignore_index(tmp_path):
     assert losses[-1] == losses[-100]
 
 
+@pytest.mark.slow
 def test_a_judge_that_is_down_still_leaves_every_other_output(tmp_path):
     from gpt2_fixtures import closed_port_url
 

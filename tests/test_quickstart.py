@@ -9,7 +9,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
+
+pytestmark = pytest.mark.slow  # a real run of minutes: `python -m pytest -m slow` (CI runs it)
 
 
 def test_quickstart_reaches_its_accuracy_floors(tmp_path):

@@ -21,6 +21,8 @@ from conftest import ROOT, SHARED_DATA
 from gpt2_fixtures import SHARED_GPT2, FileServer, random_hf_model, write_openai_folder
 from plugin_packages import install
 
+pytestmark = pytest.mark.slow  # a real run of minutes: `python -m pytest -m slow` (CI runs it)
+
 # A bash line containing the key is not run, for the reason given.
 EXEMPT = {
     "pip install": "installs packages (CI's install step installs gptkit; the workspace, the example plugin)",

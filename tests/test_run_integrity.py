@@ -51,6 +51,7 @@ def test_a_second_writer_is_refused_naming_the_holder_and_readers_need_no_lock(t
     FolderLock(out).acquire()  # gptkit.run released it when the run ended
 
 
+@pytest.mark.slow
 def test_two_processes_into_one_folder_the_second_is_refused(tmp_path):
     out = tmp_path / "run"
     first = subprocess.Popen(cli_run(tmp_path, "train.epochs=400", f"run.out_dir={out}"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -382,6 +383,7 @@ def test_every_file_of_a_run_follows_the_umask(tmp_path):
 # --- Ctrl-C while gptkit starts ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("delay", [0.3, 1.2, 2.5])
 def test_ctrl_c_while_gptkit_starts_prints_no_traceback(tmp_path, delay):
     """The console script imports torch and the plugins first (seconds): Ctrl-C then, or in the

@@ -7,10 +7,14 @@ from __future__ import annotations
 import random
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import soak_kill_resume as soak  # noqa: E402
+
+pytestmark = pytest.mark.slow  # a real run of minutes: `python -m pytest -m slow` (CI runs it)
 
 
 def test_random_sigkills_then_resume_finish_where_an_uninterrupted_run_does(tmp_path):

@@ -51,6 +51,7 @@ def state(folder: Path) -> list[dict]:
     return json.loads((folder / "sweep.json").read_text())["trials"]
 
 
+@pytest.mark.slow
 def test_a_2x2_grid_runs_4_distinct_trials_with_wandb_runs_a_table_and_the_best_config(tmp_path):
     code, out = sweep(str(write(tmp_path, "grid.yaml", GRID)), "--offline")
     assert code == 0, out
@@ -96,6 +97,7 @@ def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert inspect(wandb_files(tmp_path / "runs" / "fails" / failed["name"])[0], summary=True)["state"] == "failed"
 
 
+@pytest.mark.slow
 def test_a_sweep_killed_after_its_first_trial_resumes_without_repeating_one(tmp_path):
     spec = GRID.replace("{values: [1, 2]}", "{value: 1}").replace("{values: [0.001, 0.003]}", "{values: [0.001, 0.002, 0.003]}")
     path = write(tmp_path, "cut.yaml", spec.replace("train.max_steps: {value: 4}", "train.max_steps: {value: 16}\n  train.checkpoint_every: {value: 1}"))

@@ -133,6 +133,7 @@ def as_shown(stream: str) -> list[str]:
     return [line.rsplit("\r", 1)[-1] for line in stream.split("\n")]
 
 
+@pytest.mark.slow
 def test_sigint_saves_a_checkpoint_exits_130_and_resumes_exactly(tmp_path):
     stopped = tmp_path / "stopped"
     code, out, err = signal_after_steps(cli_run(tmp_path, "train.epochs=40", f"run.out_dir={stopped}"), stopped, signal.SIGINT, TQDM_DISABLE="")
@@ -153,6 +154,7 @@ def test_sigint_saves_a_checkpoint_exits_130_and_resumes_exactly(tmp_path):
     assert losses(stopped) == losses(full)
 
 
+@pytest.mark.slow
 def test_sigterm_exits_143_and_the_resume_command_under_debug_reproduces_the_run(tmp_path):
     out = tmp_path / "run"
     code, _, err = signal_after_steps(cli_run(tmp_path, "train.epochs=10", f"run.out_dir={out}", options=["--debug"]), out, signal.SIGTERM)
@@ -356,6 +358,7 @@ def test_text_loss_bad_input():
         text_loss(model, [1, 2, 3], stride=17)
 
 
+@pytest.mark.slow
 def test_eval_command_and_evaluate_recipe(tmp_path):
     gptkit.run(tiny_config(tmp_path, "train.max_steps=2"))
     text = tmp_path / "eval.txt"

@@ -9,7 +9,8 @@ import torch
 from gpt2_fixtures import HF_TINY, MERGES, OPENAI_TINY, SHARED_GPT2, write_vocab
 from gptkit.config import Component
 from gptkit.interfaces import CheckpointLoader, Context
-from gptkit.model import GPT, PRESETS
+from gptkit.model import GPT
+from gptkit.presets import PRESETS
 from gptkit.plugins import registry
 from gptkit_plugins import hf, openai_tf
 
