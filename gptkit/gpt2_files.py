@@ -36,13 +36,11 @@ def read_gpt2_json(path: Path, size_keys: Iterable[str], missing: str = "missing
 # GPT-2's tensors, as (module, parameter, gptkit name, is a Conv1D weight stored [in, out]); OpenAI's
 # TF checkpoints and Hugging Face's files name the same tree in their own spelling.
 GPT2_EMBEDDINGS = [("wte", "weight", "tok_emb.weight", False), ("wpe", "weight", "pos_emb.weight", False)]
+# A block's Conv1D layers (GPT-2's name, gptkit's nn.Linear): also what LoRA adapters name.
+GPT2_BLOCK_LINEARS = (("attn.c_attn", "attn.qkv"), ("attn.c_proj", "attn.proj"), ("mlp.c_fc", "ff.fc"), ("mlp.c_proj", "ff.proj"))
 GPT2_BLOCK = [
     *[(norm, param, f"{ours}.{param}", False) for norm, ours in (("ln_1", "norm1"), ("ln_2", "norm2")) for param in ("weight", "bias")],
-    *[
-        (module, param, f"{ours}.{param}", param == "weight")
-        for module, ours in (("attn.c_attn", "attn.qkv"), ("attn.c_proj", "attn.proj"), ("mlp.c_fc", "ff.fc"), ("mlp.c_proj", "ff.proj"))
-        for param in ("weight", "bias")
-    ],
+    *[(module, param, f"{ours}.{param}", param == "weight") for module, ours in GPT2_BLOCK_LINEARS for param in ("weight", "bias")],
 ]
 GPT2_FINAL = [("ln_f", "weight", "final_norm.weight", False), ("ln_f", "bias", "final_norm.bias", False)]
 

@@ -161,8 +161,10 @@ class Finetune(Protocol):
       loads them); else the tensors resume needs on top of the model the run sets up again (LoRA's
       adapters: its frozen base comes from `[init]` as before), stored in the training state.
     - `load_trained_state(model, state)`: put those back.
-    - `save_files(model, directory)`: write any extra files into a saved model folder (e.g. the
-      adapter alone); may do nothing.
+    - `save_files(model, directory, trained_state=None)`: write any extra files into a saved model
+      folder (e.g. the adapter alone); may do nothing. `trained_state`, a snapshot of
+      `trained_state(model)` taken earlier, stands for the model's current tensors: checkpoints/best
+      is written after training has moved on from the evaluation that made it best.
     """
 
     def prepare(self, model: "torch.nn.Module") -> None: ...
@@ -173,7 +175,7 @@ class Finetune(Protocol):
 
     def load_trained_state(self, model: "torch.nn.Module", state: dict[str, "torch.Tensor"]) -> None: ...
 
-    def save_files(self, model: "torch.nn.Module", directory: Path) -> None: ...
+    def save_files(self, model: "torch.nn.Module", directory: Path, trained_state: dict[str, "torch.Tensor"] | None = None) -> None: ...
 
 
 @runtime_checkable

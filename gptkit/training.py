@@ -214,6 +214,7 @@ class Progress:
     best_val_loss: float = math.inf
     evals_since_best: int = 0
     best_weights: dict[str, torch.Tensor] | None = None  # not yet written to checkpoints/best
+    best_trained: dict[str, torch.Tensor] | None = None  # and the finetune's own tensors then (LoRA's adapter), for its files
     resumed_from: Path | None = None
 
 
@@ -471,13 +472,17 @@ class Trainer:
             progress.best_val_loss, progress.evals_since_best = val_loss, 0
             if self.run.config.train.save_best:
                 progress.best_weights = {k: v.to("cpu", copy=True) for k, v in self.saved_weights(parts).items()}
+                progress.best_trained = {k: v.to("cpu", copy=True) for k, v in (parts.finetune.trained_state(self.run.model) or {}).items()} or None
         else:
             progress.evals_since_best += 1
 
     def write_best(self, parts: Parts, progress: Progress) -> None:
         if progress.best_weights is not None:
             best = self.run.out_dir / checkpoint.CHECKPOINTS / checkpoint.BEST
-            checkpoint.save_model(best, self.run.model, self.run.tokenizer, weights=progress.best_weights, prompt=self.run.config.data.prompt)
+            checkpoint.save_model(
+                best, self.run.model, self.run.tokenizer, weights=progress.best_weights, prompt=self.run.config.data.prompt,
+                extra_files=lambda folder: parts.finetune.save_files(self.run.model, folder, progress.best_trained),
+            )
             progress.best_weights = None
 
     # -- the loop --
