@@ -50,6 +50,7 @@ CHECKSUMS = "checksums.json"
 CHECKPOINTS = "checkpoints"
 BEST = "best"
 MODEL = "model"  # <run>/model/: the model of a run that does not train (the generate recipe)
+RUN_CONFIG = "config.toml"  # <run>/config.toml: the run's resolved config (gptkit.runs writes it)
 STEP_DIR = re.compile(r"step-(\d+)$")
 
 
@@ -177,7 +178,7 @@ def load_model_files(directory: str | Path, ctx: Context | None = None) -> Loade
         spec["path"] = str(directory / spec["path"])
     tokenizer = registry.tokenizer.build(Component(name, spec), ctx or Context())
     prompt = meta.get("prompt")
-    return LoadedModel(model_config, state, tokenizer, Component(prompt.pop("name"), prompt) if prompt else None)
+    return LoadedModel(model_config, state, tokenizer, Component(prompt.pop("name"), prompt) if prompt else None, str(directory))
 
 
 # --- run checkpoints ----------------------------------------------------------------------------
@@ -204,6 +205,14 @@ def run_model_dir(run_dir: Path) -> Path | None:
     """The model a run folder stands for (see `run_models`), not yet checked; None if it holds none."""
     found = run_models(run_dir)
     return found[0] if found else None
+
+
+def run_folder_of(model_dir: str | Path) -> Path | None:
+    """The run folder a model folder belongs to (`<run>/checkpoints/<name>`, `<run>/model`): the one
+    holding the run's config.toml; None for a model folder outside a run."""
+    model_dir = Path(model_dir)
+    run_dir = model_dir.parent.parent if model_dir.parent.name == CHECKPOINTS else model_dir.parent if model_dir.name == MODEL else None
+    return run_dir if run_dir is not None and (run_dir / RUN_CONFIG).is_file() else None
 
 
 def load_folder(folder: Path, ctx: Context | None = None) -> LoadedModel | None:

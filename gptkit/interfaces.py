@@ -126,13 +126,16 @@ class Scorer(Protocol):
 @attrs.define
 class LoadedModel:
     """What a checkpoint loader returns: the model's config, its state dict in gptkit's canonical
-    parameter names (see gptkit.model), the tokenizer that came with it (or None), and the prompt
-    format it was fine-tuned with (a config.Component, or None)."""
+    parameter names (see gptkit.model), the tokenizer that came with it (or None), the prompt
+    format it was fine-tuned with (a config.Component, or None), and where it was read from (the
+    model folder, for a run folder the checkpoint chosen; or the name given), which `gptkit export`
+    uses to find the run behind a model."""
 
     model_config: "GPTConfig"
     state_dict: dict[str, "torch.Tensor"]
     tokenizer: "Tokenizer | None" = None
     prompt: Any = None
+    origin: str | None = None
 
 
 @runtime_checkable
