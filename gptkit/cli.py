@@ -7,6 +7,7 @@ Shell completion (click): `eval "$(_GPTKIT_COMPLETE=bash_source gptkit)"` (zsh_s
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
@@ -24,7 +25,7 @@ import attrs
 import click
 import torch
 
-from gptkit import distributed, plugins as plugin_manager
+from gptkit import distributed, plugins as plugin_manager, shipped
 from gptkit.config import Component, load_config, show_toml
 from gptkit.errors import GptkitError, RunInterrupted
 from gptkit.evaluation import result_line, score_responses, text_loss
@@ -202,6 +203,29 @@ def sweep(sweep_file: str, count: int | None, offline: bool, resume: bool) -> No
         raise GptkitError("--resume continues offline sweeps; an online sweep goes on with: wandb agent SWEEP_ID")
     else:
         click.echo(f"W&B sweep {run_online(checked, count)} done")
+
+
+@cli.group(invoke_without_command=True)
+@click.pass_context
+def experiments(ctx: click.Context) -> None:
+    """The experiments and sweeps shipped with gptkit, with what each does; `copy` writes one out to edit."""
+    if ctx.invoked_subcommand is None:
+        files = shipped.shipped()
+        width = max(len(s.name) for s in files)
+        for kind, items in itertools.groupby(files, key=lambda s: s.kind):
+            click.echo(f"{kind}:")
+            for s in items:
+                click.echo(f"  {s.name:<{width}}  {s.description}")
+
+
+@experiments.command("copy")
+@click.argument("name")
+@click.argument("dest", required=False)
+def experiments_copy(name: str, dest: str | None) -> None:
+    """Write the shipped experiment or sweep NAME to DEST (a file, or a folder; default: here), with
+    the data files it names, so that it runs from there. Overwrites nothing."""
+    for path in shipped.copy(name, dest):
+        click.echo(f"wrote {path}")
 
 
 DOWNLOAD_LOADERS = {"openai": "openai-tf", "hf": "hf"}  # --source -> checkpoint loader
