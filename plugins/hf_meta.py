@@ -242,8 +242,8 @@ def model_card(config: GPTConfig, n_parameters: int, run: RunRecord | None, orig
     meta = card_metadata(config, run, origin)
     lines = ["---", *(f"{key}: {json.dumps(value, ensure_ascii=False)}" for key, value in meta.items()), "---", ""]
     sizes = (
-        f"{config.n_layers} layers, width {config.emb_dim}, {config.n_heads} heads, context {config.context_length}, "
-        f"vocabulary {config.vocab_size} ({n_parameters / 1e6:.1f}M parameters)"
+        f"n_layers {config.n_layers}, emb_dim {config.emb_dim}, n_heads {config.n_heads}, context_length {config.context_length}, "
+        f"vocab_size {config.vocab_size}: {n_parameters / 1e6:.1f}M parameters"
     )
     if run is None:
         lines += [f"# {Path(origin).name if origin else 'GPT-2'}", "", f"A GPT-2 model (`{origin}`) exported by gptkit (`gptkit export --format hf`).", ""]
