@@ -58,6 +58,7 @@ CHECKSUMS = "checksums.json"
 CHECKPOINTS = "checkpoints"
 BEST = "best"
 MODEL = "model"  # <run>/model/: the model of a run that does not train (the generate recipe)
+RUN_CONFIG = "config.toml"  # <run>/config.toml: the run's resolved config (gptkit.runs writes it)
 STEP_DIR = re.compile(r"step-(\d+)$")
 
 
@@ -185,7 +186,7 @@ def load_model_files(directory: str | Path, ctx: Context | None = None) -> Loade
         spec["path"] = str(directory / spec["path"])
     tokenizer = registry.tokenizer.build(Component(name, spec), ctx or Context())
     prompt = meta.get("prompt")
-    return LoadedModel(model_config, state, tokenizer, Component(prompt.pop("name"), prompt) if prompt else None)
+    return LoadedModel(model_config, state, tokenizer, Component(prompt.pop("name"), prompt) if prompt else None, str(directory))
 
 
 # --- run checkpoints ----------------------------------------------------------------------------
@@ -212,6 +213,14 @@ def run_model_dir(run_dir: Path) -> Path | None:
     """The model a run folder stands for (see `run_models`), not yet checked; None if it holds none."""
     found = run_models(run_dir)
     return found[0] if found else None
+
+
+def run_folder_of(model_dir: str | Path) -> Path | None:
+    """The run folder a model folder belongs to (`<run>/checkpoints/<name>`, `<run>/model`): the one
+    holding the run's config.toml; None for a model folder outside a run."""
+    model_dir = Path(model_dir)
+    run_dir = model_dir.parent.parent if model_dir.parent.name == CHECKPOINTS else model_dir.parent if model_dir.name == MODEL else None
+    return run_dir if run_dir is not None and (run_dir / RUN_CONFIG).is_file() else None
 
 
 def load_folder(folder: Path, ctx: Context | None = None) -> LoadedModel | None:
@@ -314,6 +323,7 @@ class TrainingState:
     best_val_loss: float = math.inf
     evals_since_best: int = 0
     best_weights: dict[str, torch.Tensor] | None = None  # the best model so far, until the next checkpoint writes checkpoints/best
+    best_trained: dict[str, torch.Tensor] | None = None  # and the finetune's own tensors then (LoRA's adapter), for its files
     resumed_from: Path | None = None
 
 
@@ -353,13 +363,14 @@ def save_training(run: Run, parts: Parts, state: TrainingState) -> Path:
     failure = None
     if run.is_main:
         previous = step_checkpoints(run.out_dir)
-        prompt, extra_files = run.config.data.prompt, lambda folder: parts.finetune.save_files(run.model, folder)
+        prompt = run.config.data.prompt
         try:
-            if state.best_weights is not None:
-                save_model(run.out_dir / CHECKPOINTS / BEST, run.model, run.tokenizer, weights=state.best_weights, prompt=prompt, extra_files=extra_files)
+            if state.best_weights is not None:  # with the adapter of the evaluation that made it best
+                save_model(run.out_dir / CHECKPOINTS / BEST, run.model, run.tokenizer, weights=state.best_weights, prompt=prompt,
+                           extra_files=lambda folder: parts.finetune.save_files(run.model, folder, state.best_trained))
                 state.best_weights = None
             save_checkpoint(run.out_dir, run.step, run.model, run.tokenizer, saved, run.config.train.keep_checkpoints,
-                            weights=weights, prompt=prompt, extra_files=extra_files)
+                            weights=weights, prompt=prompt, extra_files=lambda folder: parts.finetune.save_files(run.model, folder))
         except WriteError as exc:
             kept = f"the previous checkpoint {previous[-1]} is intact" if previous else "no earlier checkpoint exists"
             failure = f"could not save the checkpoint of step {run.step}: {exc}; {kept}"

@@ -63,7 +63,7 @@ class RunSection:
 @attrs.define
 class InitSection:
     checkpoint: Component | None = kind("checkpoint", None, unset="random initialisation ([model] init)")
-    adapter: str | None = path_field(unset="no adapter")  # a LoRA adapter.safetensors (or a folder holding one), merged into the checkpoint
+    adapter: str | None = path_field(unset="no adapter")  # a LoRA adapter (a folder in PEFT's layout, or its file), merged into the checkpoint
 
 
 @attrs.define

@@ -36,13 +36,11 @@ def read_gpt2_json(path: Path, size_keys: Iterable[str], missing: str = "missing
 # GPT-2's tensors, as (module, parameter, gptkit name, is a Conv1D weight stored [in, out]); OpenAI's
 # TF checkpoints and Hugging Face's files name the same tree in their own spelling.
 GPT2_EMBEDDINGS = [("wte", "weight", "tok_emb.weight", False), ("wpe", "weight", "pos_emb.weight", False)]
+# A block's Conv1D layers (GPT-2's name, gptkit's nn.Linear): also what LoRA adapters name.
+GPT2_BLOCK_LINEARS = (("attn.c_attn", "attn.qkv"), ("attn.c_proj", "attn.proj"), ("mlp.c_fc", "ff.fc"), ("mlp.c_proj", "ff.proj"))
 GPT2_BLOCK = [
     *[(norm, param, f"{ours}.{param}", False) for norm, ours in (("ln_1", "norm1"), ("ln_2", "norm2")) for param in ("weight", "bias")],
-    *[
-        (module, param, f"{ours}.{param}", param == "weight")
-        for module, ours in (("attn.c_attn", "attn.qkv"), ("attn.c_proj", "attn.proj"), ("mlp.c_fc", "ff.fc"), ("mlp.c_proj", "ff.proj"))
-        for param in ("weight", "bias")
-    ],
+    *[(module, param, f"{ours}.{param}", param == "weight") for module, ours in GPT2_BLOCK_LINEARS for param in ("weight", "bias")],
 ]
 GPT2_FINAL = [("ln_f", "weight", "final_norm.weight", False), ("ln_f", "bias", "final_norm.bias", False)]
 
@@ -68,8 +66,32 @@ def data_gym_byte_decoder() -> dict[str, int]:
     return decoder
 
 
-def ranks_from_gpt2_files(encoder_json: Path, vocab_bpe: Path) -> dict[bytes, int]:
-    """BPE ranks from OpenAI's encoder.json + vocab.bpe (or HF's vocab.json + merges.txt).
+def read_vocab_files(encoder_json: Path, vocab_bpe: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """(vocabulary, merges) of OpenAI's encoder.json + vocab.bpe (or HF's vocab.json + merges.txt)."""
+    with open(encoder_json, encoding="utf-8") as f:
+        vocab = json.load(f)
+    merges = [tuple(line.split()) for line in Path(vocab_bpe).read_text(encoding="utf-8").splitlines()[1:] if line.strip()]
+    return vocab, merges
+
+
+def read_tokenizer_json(path: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """(vocabulary, merges) of a Hugging Face tokenizer.json holding a byte-level BPE, GPT-2's kind
+    (what transformers 5 saves for GPT-2, without vocab.json and merges.txt). Of its added tokens
+    only end-of-text is kept; anything else is a ValueError saying what the file holds."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    model, pre = data.get("model") or {}, data.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    if model.get("type") != "BPE" or not any(step.get("type") == "ByteLevel" for step in steps):
+        raise ValueError(f"not a byte-level BPE (GPT-2's kind): model type {model.get('type')!r}, pre_tokenizer {pre.get('type')!r}")
+    vocab = dict(model["vocab"])
+    vocab.update({t["content"]: t["id"] for t in data.get("added_tokens", []) if t.get("content") == ENDOFTEXT})
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model.get("merges", [])]
+    return vocab, merges
+
+
+def bpe_ranks(vocab: dict[str, int], merges: list[tuple[str, str]]) -> tuple[dict[bytes, int], int | None]:
+    """(BPE ranks, end-of-text id or None) of a vocabulary in GPT-2's byte spelling and its merges,
+    checked: merge i makes the token of rank 256 + i, as in GPT-2's files (a ValueError otherwise).
 
     Read directly rather than through tiktoken's loader, which caches local files by path and so
     would serve stale contents when a folder is rewritten.
@@ -79,11 +101,9 @@ def ranks_from_gpt2_files(encoder_json: Path, vocab_bpe: Path) -> dict[bytes, in
     def to_bytes(token: str) -> bytes:
         return bytes(byte_of[c] for c in token)
 
-    with open(encoder_json, encoding="utf-8") as f:
-        encoder = json.load(f)
-    ranks = {to_bytes(k): v for k, v in encoder.items() if k not in (ENDOFTEXT, "<|startoftext|>")}
-    merges = [line.split() for line in Path(vocab_bpe).read_text(encoding="utf-8").splitlines()[1:] if line.strip()]
+    ranks = {to_bytes(k): v for k, v in vocab.items() if k not in (ENDOFTEXT, "<|startoftext|>")}
     for rank, (first, second) in enumerate(merges, start=256):
         if ranks.get(to_bytes(first) + to_bytes(second)) != rank:
-            raise ValueError(f"{vocab_bpe.name} line {rank - 254} ({first} {second}) disagrees with {encoder_json.name}")
-    return ranks
+            raise ValueError(f"merge {rank - 255} ({first} {second}) disagrees with the vocabulary")
+    return ranks, vocab.get(ENDOFTEXT)
+

@@ -126,13 +126,16 @@ class Scorer(Protocol):
 @attrs.define
 class LoadedModel:
     """What a checkpoint loader returns: the model's config, its state dict in gptkit's canonical
-    parameter names (see gptkit.model), the tokenizer that came with it (or None), and the prompt
-    format it was fine-tuned with (a config.Component, or None)."""
+    parameter names (see gptkit.model), the tokenizer that came with it (or None), the prompt
+    format it was fine-tuned with (a config.Component, or None), and where it was read from (the
+    model folder, for a run folder the checkpoint chosen; or the name given), which `gptkit export`
+    uses to find the run behind a model."""
 
     model_config: "GPTConfig"
     state_dict: dict[str, "torch.Tensor"]
     tokenizer: "Tokenizer | None" = None
     prompt: Any = None
+    origin: str | None = None
 
 
 @runtime_checkable
@@ -161,8 +164,10 @@ class Finetune(Protocol):
       loads them); else the tensors resume needs on top of the model the run sets up again (LoRA's
       adapters: its frozen base comes from `[init]` as before), stored in the training state.
     - `load_trained_state(model, state)`: put those back.
-    - `save_files(model, directory)`: write any extra files into a saved model folder (e.g. the
-      adapter alone); may do nothing.
+    - `save_files(model, directory, trained_state=None)`: write any extra files into a saved model
+      folder (e.g. the adapter alone); may do nothing. `trained_state`, a snapshot of
+      `trained_state(model)` taken earlier, stands for the model's current tensors: checkpoints/best
+      is written after training has moved on from the evaluation that made it best.
     """
 
     def prepare(self, model: "torch.nn.Module") -> None: ...
@@ -173,7 +178,7 @@ class Finetune(Protocol):
 
     def load_trained_state(self, model: "torch.nn.Module", state: dict[str, "torch.Tensor"]) -> None: ...
 
-    def save_files(self, model: "torch.nn.Module", directory: Path) -> None: ...
+    def save_files(self, model: "torch.nn.Module", directory: Path, trained_state: dict[str, "torch.Tensor"] | None = None) -> None: ...
 
 
 @runtime_checkable

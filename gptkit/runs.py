@@ -31,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from gptkit import distributed, plugins
-from gptkit.adapters import ADAPTER, apply_adapter
+from gptkit.adapters import apply_adapter
 from gptkit.config import Config, to_raw
 from gptkit.schema import flatten
 from gptkit.errors import GptkitError
@@ -319,8 +319,7 @@ def build_model(config: Config, ctx: Context) -> GPT:
         model_config = config.model.resolved(base=loaded.model_config)
         model = model_with_weights(model_config, loaded.state_dict, f"init.checkpoint ({config.init.checkpoint.name})")
         if config.init.adapter is not None:
-            adapter = Path(config.init.adapter)
-            apply_adapter(model, adapter / ADAPTER if adapter.is_dir() else adapter)
+            apply_adapter(model, config.init.adapter)
         ctx.tokenizer = loaded.tokenizer or registry.tokenizer.build(config.data.tokenizer, ctx)
     else:
         model_config = config.model.resolved()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
+import attrs
 import torch
 
 from gptkit.checkpoint import load_folder
@@ -35,7 +36,8 @@ def load_source(source: str | Path, ctx: Context | None = None) -> LoadedModel:
     for entry in registry.checkpoint.entries():
         loader = registry.checkpoint.build(Component(entry.name), ctx)
         if loader.can_load(str(source)):
-            return loader.load(str(source))
+            loaded = loader.load(str(source))
+            return loaded if loaded.origin is not None else attrs.evolve(loaded, origin=str(source))
     known = ", ".join(registry.checkpoint.names()) or "none besides gptkit's own"
     raise GptkitError(
         f"{source}: not a model source (a run folder, a checkpoint or model folder, or a model name; "

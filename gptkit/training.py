@@ -448,6 +448,7 @@ def note_eval(run: Run, parts: Parts, state: TrainingState, val_loss: float) -> 
         state.best_val_loss, state.evals_since_best = val_loss, 0
         if run.config.train.save_best:
             state.best_weights = {k: v.to("cpu", copy=True) for k, v in checkpoint.saved_weights(run, parts).items()}
+            state.best_trained = {k: v.to("cpu", copy=True) for k, v in (parts.finetune.trained_state(run.model) or {}).items()} or None
     else:
         state.evals_since_best += 1
 

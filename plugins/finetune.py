@@ -35,7 +35,7 @@ class FullFinetune:
             "run.resume: the checkpoint holds the tensors of an adapter (such as lora's); resume it with the train.finetune it was trained with"
         )
 
-    def save_files(self, model: torch.nn.Module, directory: Path) -> None:
+    def save_files(self, model: torch.nn.Module, directory: Path, trained_state: dict[str, torch.Tensor] | None = None) -> None:
         pass
 
 

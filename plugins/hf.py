@@ -2,15 +2,20 @@
 
 HF's GPT-2 stores its linear layers as Conv1D, weights [in, out]: they are transposed into gptkit's
 nn.Linear [out, in]. The `attn.bias` / `attn.masked_bias` buffers (causal masks) are ignored. The
-tokenizer is vocab.json + merges.txt, the same files as OpenAI's encoder.json + vocab.bpe.
-`save` writes a folder that `transformers.GPT2LMHeadModel.from_pretrained` opens (`gptkit export`).
+weights are model.safetensors or shards listed by model.safetensors.index.json. The tokenizer is
+vocab.json + merges.txt (the same files as OpenAI's encoder.json + vocab.bpe) or tokenizer.json
+alone, as transformers 5 saves it.
+
+`save` writes a folder that transformers' AutoTokenizer, AutoModelForCausalLM and pipeline open
+without a warning (`gptkit export`): config.json, model.safetensors, the tokenizer as vocab.json +
+merges.txt and tokenizer.json, and what gptkit_plugins.hf_meta writes: tokenizer_config.json (with
+the chat template), generation_config.json and a model card.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import shutil
 import sys
 from pathlib import Path
 
@@ -29,18 +34,13 @@ from gptkit.model import GPT, GPTConfig
 from gptkit.presets import resolve_preset
 from gptkit.plugins import registry
 from gptkit.weights import check_tensors
-from gptkit.gpt2_files import data_gym_byte_decoder, gpt2_name_map, read_gpt2_json
+from gptkit.gpt2_files import ENDOFTEXT, data_gym_byte_decoder, gpt2_name_map, read_gpt2_json, read_vocab_files
+from gptkit_plugins.hf_meta import HUB_ID, HUB_IDS, generation_config, model_card, prompt_of_chat_template, read_chat_template, run_record, tokenizer_config
 
-HUB_IDS = {
-    "gpt2-124M": "openai-community/gpt2",
-    "gpt2-355M": "openai-community/gpt2-medium",
-    "gpt2-774M": "openai-community/gpt2-large",
-    "gpt2-1558M": "openai-community/gpt2-xl",
-}
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 WEIGHTS, SHARD_INDEX, CONFIG = "model.safetensors", "model.safetensors.index.json", "config.json"
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
-HUB_FILES = [CONFIG, WEIGHTS, SHARD_INDEX, "model-*.safetensors", *TOKENIZER_FILES]
+TOKENIZER_JSON = "tokenizer.json"
+HUB_FILES = [CONFIG, WEIGHTS, SHARD_INDEX, "model-*.safetensors", *TOKENIZER_FILES, TOKENIZER_JSON]
 IGNORED = re.compile(r"(^|\.)attn\.(masked_)?bias$")  # causal-mask buffers, not weights
 TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 
@@ -92,7 +92,7 @@ def to_hf(state: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.
 def config_from_hf(path: Path) -> GPTConfig:
     """gptkit's model config from an HF GPT-2 config.json; settings gptkit's GPT cannot match are errors."""
     sizes_in_file = {"vocab_size": "vocab_size", "context_length": "n_positions", "emb_dim": "n_embd", "n_heads": "n_head", "n_layers": "n_layer"}
-    missing = f"missing (a Hugging Face GPT-2 folder holds config.json, {WEIGHTS}, vocab.json, merges.txt)"
+    missing = f"missing (a Hugging Face GPT-2 folder holds config.json, {WEIGHTS}, vocab.json + merges.txt or tokenizer.json)"
     data = read_gpt2_json(path, sizes_in_file.values(), missing)
     if data.get("model_type", "gpt2") != "gpt2":
         raise GptkitError(f"{path}: model_type {data.get('model_type')!r} is not GPT-2")
@@ -103,9 +103,11 @@ def config_from_hf(path: Path) -> GPTConfig:
     inner = data.get("n_inner") or 4 * sizes["emb_dim"]
     if inner % sizes["emb_dim"]:
         raise GptkitError(f"{path}: n_inner = {inner} is not a multiple of n_embd = {sizes['emb_dim']}")
-    for flag in ("scale_attn_by_inverse_layer_idx", "add_cross_attention"):
+    for flag in ("scale_attn_by_inverse_layer_idx", "add_cross_attention", "reorder_and_upcast_attn"):
         if data.get(flag):
             raise GptkitError(f"{path}: {flag} = true is not supported")
+    if data.get("scale_attn_weights") is False:
+        raise GptkitError(f"{path}: scale_attn_weights = false is not supported (gptkit's attention divides by sqrt(head size))")
     return GPTConfig(
         **sizes,
         qkv_bias=True,
@@ -142,7 +144,7 @@ def config_to_hf(config: GPTConfig, eos_id: int | None) -> dict:
         "tie_word_embeddings": config.tie_weights,
         "bos_token_id": eos_id,
         "eos_token_id": eos_id,
-        "torch_dtype": "float32",
+        "dtype": "float32",
     }
 
 
@@ -168,31 +170,61 @@ def merges_from_ranks(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
     return merges
 
 
-def write_vocab_files(tokenizer, directory: Path) -> bool:
-    """vocab.json + merges.txt for a GPT-2 BPE tokenizer: copied from its source folder when it has
-    them, else recovered from its ranks. False when the tokenizer is not a BPE with ranks."""
+def gpt2_vocabulary(tokenizer) -> tuple[dict[str, int], list[tuple[str, str]]] | None:
+    """(vocabulary, merges) in GPT-2's byte spelling for a byte-level BPE tokenizer: read from its
+    source folder when it has GPT-2's files, else recovered from its ranks. The `bytes` tokenizer is
+    one without merges (byte b is id b, end-of-text 256). None for any other tokenizer."""
+    char_of = {b: c for c, b in data_gym_byte_decoder().items()}
+    if getattr(tokenizer, "name", None) == "bytes":  # the built-in byte tokenizer, by its registered name
+        return {**{char_of[b]: b for b in range(256)}, ENDOFTEXT: tokenizer.eos_id}, []
     source = getattr(tokenizer, "source", None)
     if source is not None and Path(source).is_dir():
         for names in (("encoder.json", "vocab.bpe"), TOKENIZER_FILES):
             if all((Path(source) / n).is_file() for n in names):
-                for src, dst in zip(names, TOKENIZER_FILES):
-                    shutil.copyfile(Path(source) / src, directory / dst)
-                return True
+                return read_vocab_files(*(Path(source) / n for n in names))
     encoding = getattr(tokenizer, "encoding", None)
     if encoding is None or not hasattr(encoding, "_mergeable_ranks"):
-        return False
-
-    char_of = {b: c for c, b in data_gym_byte_decoder().items()}
+        return None
 
     def text(token: bytes) -> str:
         return "".join(char_of[b] for b in token)
 
     ranks = encoding._mergeable_ranks
-    vocab = {text(token): rank for token, rank in ranks.items()}
-    vocab.update(encoding._special_tokens)
+    vocab = {**{text(token): rank for token, rank in ranks.items()}, **encoding._special_tokens}
+    return vocab, [(text(a), text(b)) for a, b in merges_from_ranks(ranks)]
+
+
+def tokenizer_json(vocab: dict[str, int], merges: list[tuple[str, str]]) -> dict:
+    """Hugging Face `tokenizers`' file for GPT-2's byte-level BPE, as transformers saves GPT-2's:
+    what transformers 5 reads without vocab.json and merges.txt, and fast tokenizers everywhere."""
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    special = [{"id": vocab[ENDOFTEXT], "content": ENDOFTEXT, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": True}]
+    return {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": special if ENDOFTEXT in vocab else [],
+        "normalizer": None,
+        "pre_tokenizer": byte_level,
+        "post_processor": byte_level,
+        "decoder": byte_level,
+        "model": {
+            "type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": "", "end_of_word_suffix": "",
+            "fuse_unk": False, "byte_fallback": False, "ignore_merges": False, "vocab": vocab, "merges": [f"{a} {b}" for a, b in merges],
+        },
+    }
+
+
+def write_vocab_files(tokenizer, directory: Path) -> bool:
+    """vocab.json, merges.txt and tokenizer.json for a byte-level BPE tokenizer (see
+    `gpt2_vocabulary`); False, writing nothing, for a tokenizer that is not one."""
+    found = gpt2_vocabulary(tokenizer)
+    if found is None:
+        return False
+    vocab, merges = found
     (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    lines = ["#version: 0.2"] + [f"{text(a)} {text(b)}" for a, b in merges_from_ranks(ranks)]
-    (directory / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (directory / "merges.txt").write_text("\n".join(["#version: 0.2"] + [f"{a} {b}" for a, b in merges]) + "\n", encoding="utf-8")
+    (directory / TOKENIZER_JSON).write_text(json.dumps(tokenizer_json(vocab, merges), ensure_ascii=False), encoding="utf-8")
     return True
 
 
@@ -212,7 +244,7 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
     for shard in shards:
         path = folder / shard
         if not path.is_file():
-            raise GptkitError(f"{path}: missing (a Hugging Face GPT-2 folder holds config.json, {WEIGHTS}, vocab.json, merges.txt)")
+            raise GptkitError(f"{path}: missing (listed in {SHARD_INDEX})" if shard != WEIGHTS else f"{path}: missing (a Hugging Face GPT-2 folder holds {CONFIG} and {WEIGHTS} or {SHARD_INDEX})")
         try:
             with safe_open(str(path), framework="pt") as f:
                 for key in f.keys():
@@ -225,32 +257,54 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
 def load_folder(folder: Path, ctx: Context | None = None) -> LoadedModel:
     config = config_from_hf(folder / CONFIG)
     missing = [n for n in TOKENIZER_FILES if not (folder / n).is_file()]
-    if missing:
-        raise GptkitError(f"{folder / missing[0]}: missing (the GPT-2 tokenizer is read from vocab.json + merges.txt)")
+    if missing and not (folder / TOKENIZER_JSON).is_file():
+        raise GptkitError(f"{folder / missing[0]}: missing (the GPT-2 tokenizer is read from vocab.json + merges.txt, or {TOKENIZER_JSON})")
     raw = read_weights(folder)
     tensors = {k.removeprefix("transformer."): v for k, v in raw.items() if not IGNORED.search(k)}
     if config.tie_weights:
         tensors.pop("lm_head.weight", None)  # some writers store the tied copy too
-    check_tensors({k: tuple(v.shape) for k, v in tensors.items()}, hf_shapes(config), str(folder / WEIGHTS), "config.json")
+    weights = folder / (WEIGHTS if (folder / WEIGHTS).is_file() else SHARD_INDEX)
+    check_tensors({k: tuple(v.shape) for k, v in tensors.items()}, hf_shapes(config), str(weights), "config.json")
     state = {k: v.float() if v.is_floating_point() else v for k, v in to_gptkit(tensors, config).items()}
     tokenizer = registry.tokenizer.build(Component("gpt2", {"path": str(folder)}), ctx or Context())
-    return LoadedModel(config, state, tokenizer)
+    prompt = prompt_of_chat_template(read_chat_template(folder))
+    return LoadedModel(config, state, tokenizer, Component(prompt) if prompt else None, str(folder))
 
 
 def save_folder(loaded: LoadedModel, directory: Path) -> Path:
-    """An HF GPT-2 folder (config.json, model.safetensors, vocab.json, merges.txt), written atomically."""
+    """An HF GPT-2 folder, written atomically: config.json, model.safetensors, generation_config.json,
+    a model card, and for a byte-level BPE tokenizer (GPT-2's, or bytes) its files with
+    tokenizer_config.json. A model from a gptkit run gets the run's prompt format as chat
+    template, its default sampler and its records in the card (see gptkit_plugins.hf_meta)."""
     final = Path(directory)
     config = loaded.model_config
     eos_id = getattr(loaded.tokenizer, "eos_id", None)
     eos_id = eos_id if eos_id is not None and eos_id < config.vocab_size else None
     hf_config = config_to_hf(config, eos_id)
+    weights = to_hf(loaded.state_dict, config)
+    run = run_record(loaded.origin)
+    fmt = registry.prompt.build(loaded.prompt, Context(tokenizer=loaded.tokenizer)) if loaded.prompt is not None else None
     with atomic_dir(final) as tmp:
-        save_file({k: v.cpu() for k, v in to_hf(loaded.state_dict, config).items()}, str(tmp / WEIGHTS), metadata={"format": "pt"})
-        (tmp / CONFIG).write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")
-        if loaded.tokenizer is not None and not write_vocab_files(loaded.tokenizer, tmp):
+        save_file({k: v.cpu() for k, v in weights.items()}, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        write_json(tmp / CONFIG, hf_config)
+        write_json(tmp / "generation_config.json", generation_config(eos_id, run))
+        chat = False
+        if loaded.tokenizer is not None and write_vocab_files(loaded.tokenizer, tmp):
+            tokenizer = tokenizer_config(config.context_length, fmt)
+            write_json(tmp / "tokenizer_config.json", tokenizer)
+            chat = "chat_template" in tokenizer
+        elif loaded.tokenizer is not None:
             name = getattr(loaded.tokenizer, "name", "?")
-            print(f"note: tokenizer {name!r} has no Hugging Face GPT-2 form; wrote the weights and config only", file=sys.stderr)
+            print(f"note: tokenizer {name!r} has no Hugging Face GPT-2 form; wrote no tokenizer files", file=sys.stderr)
+        if fmt is not None and not chat:
+            print(f"note: prompt format {loaded.prompt.name!r} has no chat template form; wrote none", file=sys.stderr)
+        n_parameters = sum(t.numel() for t in weights.values())
+        (tmp / "README.md").write_text(model_card(config, n_parameters, run, loaded.origin, chat), encoding="utf-8")
     return final
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 @attrs.define
@@ -279,7 +333,7 @@ class HFLoader:
     def load(self, source: str | None = None) -> LoadedModel:
         source = source or self.model
         folder = Path(source) if Path(source).is_dir() else self.download(source)
-        return load_folder(folder, self.ctx)
+        return attrs.evolve(load_folder(folder, self.ctx), origin=source)
 
     def download(self, name: str) -> Path:
         """The local folder of hub model `name` (a hub id or a preset such as gpt2-medium)."""

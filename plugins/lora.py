@@ -6,7 +6,8 @@ only A and B train (rank * (in + out) numbers per layer), which is what saves th
 and gradients of full fine-tuning. Checkpoints hold the weights with B A merged in, in gptkit's
 canonical names, so they load anywhere a plain model does; the model that trains stays unmerged.
 The training state holds A and B: resume rebuilds the frozen base from `[init]` as the first run did.
-With `save_adapter`, every saved model folder also gets adapter.safetensors (gptkit.adapters).
+With `save_adapter`, every saved model folder also gets the adapter alone, in PEFT's layout
+(adapter_model.safetensors + adapter_config.json, see gptkit.adapters).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gptkit import hookimpl
-from gptkit.adapters import ADAPTER, A, B, merged_weight, save_adapter
+from gptkit.adapters import A, B, layer_families, merged_weight, save_adapter
 from gptkit.checkpoint import model_state_for_saving
 from gptkit.errors import GptkitError
 from gptkit.weights import check_tensors
@@ -41,7 +42,7 @@ class LoRAParams:
     alpha: float = attrs.field(default=32.0, validator=attrs.validators.gt(0.0))
     dropout: float = attrs.field(default=0.05, validator=_dropout_range)
     targets: list[str] = attrs.field(factory=lambda: list(DEFAULT_TARGETS), validator=attrs.validators.min_len(1))  # fnmatch patterns of nn.Linear names
-    save_adapter: bool = False  # also write adapter.safetensors (A and B alone) into every saved model folder
+    save_adapter: bool = False  # also write the adapter alone (PEFT's layout) into every saved model folder
 
 
 class LoRALinear(nn.Module):
@@ -70,12 +71,6 @@ class LoRALinear(nn.Module):
 
 def adapted(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:
     return ((name, m) for name, m in model.named_modules() if isinstance(m, LoRALinear))
-
-
-def layer_families(names: list[str]) -> str:
-    """Module names with block numbers folded (`blocks.*.attn.qkv`), for messages about a 48-layer model."""
-    folded = dict.fromkeys(".".join("*" if part.isdigit() else part for part in name.split(".")) for name in names)
-    return ", ".join(folded)
 
 
 class LoRAFinetune:
@@ -125,9 +120,10 @@ class LoRAFinetune:
             for key, tensor in own.items():
                 tensor.copy_(state[key])
 
-    def save_files(self, model: nn.Module, directory: Path) -> None:
+    def save_files(self, model: nn.Module, directory: Path, trained_state: dict[str, torch.Tensor] | None = None) -> None:
         if self.save_adapter:
-            save_adapter(Path(directory) / ADAPTER, self.trained_state(model), rank=self.rank, alpha=self.alpha, targets=self.targets)
+            tensors = self.trained_state(model) if trained_state is None else trained_state
+            save_adapter(directory, tensors, rank=self.rank, alpha=self.alpha, dropout=self.dropout, n_layers=model.config.n_layers)
 
 
 @hookimpl

@@ -47,7 +47,7 @@ class GptkitLoader:
 
     def save(self, loaded: LoadedModel, directory: str | Path) -> Path:
         model = model_with_weights(loaded.model_config, loaded.state_dict, "export")
-        return save_model(directory, model, loaded.tokenizer)
+        return save_model(directory, model, loaded.tokenizer, prompt=loaded.prompt)
 
 
 @hookimpl

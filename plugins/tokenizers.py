@@ -1,7 +1,8 @@
 """Tokenizers: `gpt2` (OpenAI's BPE through tiktoken) and `bytes` (no files needed).
 
 The GPT-2 vocabulary is found, in order, at `path` (a folder holding encoder.json + vocab.bpe, as
-OpenAI ships beside the weights, or a .tiktoken file), then through tiktoken's own cache/download.
+OpenAI ships beside the weights, Hugging Face's vocab.json + merges.txt or tokenizer.json, or a
+.tiktoken file), then through tiktoken's own cache/download.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import tiktoken
 from gptkit import hookimpl
 from gptkit.schema import path_field
 from gptkit.errors import GptkitError
-from gptkit.gpt2_files import ENDOFTEXT, ranks_from_gpt2_files
+from gptkit.gpt2_files import ENDOFTEXT, bpe_ranks, read_tokenizer_json, read_vocab_files
 
 GPT2_EOS_ID = 50256
 # GPT-2's pre-tokenisation pattern (tiktoken's r50k_base / gpt2).
@@ -75,8 +76,8 @@ class ByteTokenizer:
         return {"name": self.name}
 
 
-def _encoding_from_ranks(ranks: dict[bytes, int]):
-    return tiktoken.Encoding(name="gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={ENDOFTEXT: GPT2_EOS_ID})
+def _encoding_from_ranks(ranks: dict[bytes, int], eos_id: int = GPT2_EOS_ID):
+    return tiktoken.Encoding(name="gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={ENDOFTEXT: eos_id})
 
 
 def ranks_from_tiktoken_file(path: Path) -> dict[bytes, int]:
@@ -89,16 +90,21 @@ def ranks_from_tiktoken_file(path: Path) -> dict[bytes, int]:
 
 
 def gpt2_from_files(path: str | Path) -> TiktokenTokenizer:
-    """The GPT-2 tokenizer from a folder with encoder.json + vocab.bpe (or vocab.json + merges.txt), or a .tiktoken file."""
+    """The GPT-2 tokenizer from a folder with encoder.json + vocab.bpe, vocab.json + merges.txt or
+    tokenizer.json, or from a .tiktoken file. End-of-text keeps the id the files give it (GPT-2's
+    50256; 256 in a byte-level vocabulary without merges, as `gptkit export` writes the bytes tokenizer)."""
     path = Path(path)
+    eos_id = None
     try:
         if path.is_dir():
             for encoder, merges in (("encoder.json", "vocab.bpe"), ("vocab.json", "merges.txt")):
                 if (path / encoder).is_file() and (path / merges).is_file():
-                    ranks = ranks_from_gpt2_files(path / encoder, path / merges)
+                    ranks, eos_id = bpe_ranks(*read_vocab_files(path / encoder, path / merges))
                     break
             else:
-                raise GptkitError(f"{path}: no GPT-2 vocabulary here (expected encoder.json + vocab.bpe, or vocab.json + merges.txt)")
+                if not (path / "tokenizer.json").is_file():
+                    raise GptkitError(f"{path}: no GPT-2 vocabulary here (expected encoder.json + vocab.bpe, vocab.json + merges.txt, or tokenizer.json)")
+                ranks, eos_id = bpe_ranks(*read_tokenizer_json(path / "tokenizer.json"))
         elif path.is_file():
             ranks = ranks_from_tiktoken_file(path)
         else:
@@ -107,7 +113,7 @@ def gpt2_from_files(path: str | Path) -> TiktokenTokenizer:
         raise
     except Exception as exc:  # malformed JSON, bad base64, missing bytes...
         raise GptkitError(f"{path}: not a readable GPT-2 vocabulary: {type(exc).__name__}: {exc}") from None
-    tokenizer = TiktokenTokenizer(_encoding_from_ranks(ranks))
+    tokenizer = TiktokenTokenizer(_encoding_from_ranks(ranks, GPT2_EOS_ID if eos_id is None else eos_id))
     tokenizer.source = path
     return tokenizer
 
@@ -126,7 +132,7 @@ def gpt2_from_tiktoken() -> TiktokenTokenizer:
 
 @attrs.define
 class GPT2Params:
-    path: str | None = path_field()  # folder with encoder.json + vocab.bpe, or a .tiktoken file
+    path: str | None = path_field()  # folder with encoder.json + vocab.bpe (or vocab.json + merges.txt, or tokenizer.json), or a .tiktoken file
 
 
 @hookimpl

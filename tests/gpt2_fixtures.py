@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import http.server
 import json
+import logging
 import shutil
 import socket
 import threading
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -109,6 +112,34 @@ def write_openai_folder(model, folder: Path, drop=(), extra=None, real_vocab: bo
     (folder / "model.ckpt.meta").write_bytes(b"meta graph: not read by gptkit")
     write_vocab(folder, real=real_vocab)
     return folder
+
+
+@contextmanager
+def no_warnings(ignore: tuple[type[Warning], ...] = ()):
+    """Fails if Python warns (but for the `ignore` categories) or transformers / huggingface_hub log
+    a warning inside the block."""
+    from transformers.utils import logging as hf_logging
+
+    logged = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            logged.append(f"{record.name}: {record.getMessage()}")
+
+    handler = Collect(level=logging.WARNING)
+    loggers = [hf_logging.get_logger(), logging.getLogger("huggingface_hub")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+        hf_logging.enable_progress_bar()
+    assert [str(w.message) for w in caught if not issubclass(w.category, ignore)] == [] and logged == []
 
 
 def hf_logits(model, ids: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 import gptkit
 from gpt2_fixtures import hf_logits
 from gptkit import checkpoint
-from gptkit.adapters import ADAPTER, apply_adapter
+from gptkit.adapters import LEGACY, PEFT_CONFIG, PEFT_WEIGHTS, apply_adapter
 from gptkit.cli import cli
 from gptkit.config import Component, structure
 from gptkit.errors import ConfigError, GptkitError
@@ -208,16 +208,18 @@ def test_lora_resume_with_other_settings_is_an_error(tmp_path):
 def test_adapter_file_is_small_and_merges_into_the_base_as_the_checkpoint(tmp_path):
     gptkit.run(run_config(tmp_path, LORA, "train.max_steps=3"))
     ckpt = checkpoint.step_dir(tmp_path / "run", 3)
-    adapter = ckpt / ADAPTER
+    adapter = ckpt / PEFT_WEIGHTS
     with safe_open(str(adapter), framework="pt") as f:
         meta, names = f.metadata(), sorted(f.keys())
-    assert meta["format"] == "gptkit-lora" and (meta["rank"], float(meta["alpha"])) == ("4", 8.0)
-    assert json.loads(meta["targets"]) == ["*.attn.qkv", "*.attn.proj", "*.ff.fc", "*.ff.proj"]
-    assert len(names) == 16 and all(n.endswith((".lora_a", ".lora_b")) for n in names)
+    config = json.loads((ckpt / PEFT_CONFIG).read_text())
+    assert meta == {"format": "pt"} and (config["peft_type"], config["r"], config["lora_alpha"], config["lora_dropout"]) == ("LORA", 4, 8, 0.05)
+    assert config["target_modules"] == ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"] and config["fan_in_fan_out"] is True
+    assert (config["bias"], config["use_rslora"], config["use_dora"]) == ("none", False, False)
+    assert names == sorted(f"base_model.model.transformer.h.{i}.{m}.lora_{ab}.weight" for i in range(2) for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj") for ab in "AB")
     assert adapter.stat().st_size < (ckpt / checkpoint.WEIGHTS).stat().st_size / 3
 
     model, _ = gptkit.load_model(tmp_path / "base")
-    apply_adapter(model, adapter)
+    apply_adapter(model, ckpt)
     expected = load_file(ckpt / checkpoint.WEIGHTS)
     got = checkpoint.model_state_for_saving(model)
     assert got.keys() == expected.keys()
@@ -231,7 +233,7 @@ def test_init_adapter_merges_the_adapter_into_the_init_checkpoint(tmp_path):
     gptkit.run(run_config(tmp_path, LORA, "train.max_steps=3"))
     ckpt = checkpoint.step_dir(tmp_path / "run", 3)
     expected = load_file(ckpt / checkpoint.WEIGHTS)
-    for adapter in (ckpt, ckpt / ADAPTER):  # the folder holding it, or the file
+    for adapter in (ckpt, ckpt / PEFT_WEIGHTS):  # the folder holding it, or the file
         run = setup_run(run_config(tmp_path, "{name = 'full'}", f"init.adapter={adapter}", f"run.out_dir={tmp_path / 'other'}"))
         got = checkpoint.model_state_for_saving(run.model)
         assert all(torch.equal(got[name], expected[name]) for name in expected)
@@ -252,10 +254,10 @@ def test_bad_adapter_files_name_the_file_and_the_tensor(tmp_path):
     cases = [
         ({**good, "blocks.0.attn.qkv.lora_b": torch.zeros(96, 2)}, meta, r"tensor blocks.0.attn.qkv.lora_b has shape \[96, 2\]; blocks.0.attn.qkv at rank 4 needs \[96, 4\]"),
         ({"blocks.0.attn.qkv.lora_a": torch.zeros(4, 32)}, meta, r"tensor blocks.0.attn.qkv.lora_a has no partner blocks.0.attn.qkv.lora_b"),
-        ({"blocks.0.attn.qkz.lora_a": torch.zeros(4, 32)}, meta, r"tensor blocks.0.attn.qkz.lora_a: the model has no nn.Linear 'blocks.0.attn.qkz'"),
+        ({"blocks.0.attn.qkz.lora_a": torch.zeros(4, 32), "blocks.0.attn.qkz.lora_b": torch.zeros(96, 4)}, meta, r"tensor blocks.0.attn.qkz.lora_a: the model has no nn.Linear blocks.0.attn.qkz$"),
         ({**good, "blocks.0.attn.qkv.weight": torch.zeros(96, 32)}, meta, r"tensor blocks.0.attn.qkv.weight: not an adapter tensor"),
         ({"head.lora_a": torch.zeros(4, 32), "head.lora_b": torch.zeros(257, 4)}, meta, r"tensor head.lora_a: the model's head is tied"),
-        (good, {"format": "pt"}, r"not a gptkit LoRA adapter \(metadata format is 'pt'"),
+        (good, {"format": "pt"}, r"not a LoRA adapter gptkit reads \(no adapter_config.json beside it, and its metadata format is 'pt'"),
     ]
     for tensors, metadata, message in cases:
         path = write(tensors, metadata)

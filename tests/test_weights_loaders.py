@@ -69,7 +69,9 @@ def test_export_to_hf_opens_in_transformers_with_the_same_logits(source, referen
 
     result = CliRunner().invoke(cli, ["export", str(source), str(tmp_path / "out"), "--format", "hf"])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["config.json", "merges.txt", "model.safetensors", "vocab.json"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "README.md", "config.json", "generation_config.json", "merges.txt", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "vocab.json",
+    ]
     exported = GPT2LMHeadModel.from_pretrained(tmp_path / "out").eval()
     torch.testing.assert_close(hf_logits(exported, IDS), reference, atol=1e-4, rtol=0)
     torch.testing.assert_close(gptkit_logits(tmp_path / "out"), reference, atol=1e-4, rtol=0)

@@ -95,9 +95,9 @@ def test_merges_recovered_from_ranks_of_a_tiny_vocabulary(tmp_path):
 def test_merges_recovered_from_ranks_of_gpt2():
     if not (SHARED_GPT2 / "vocab.bpe").is_file():
         pytest.skip(f"GPT-2 vocabulary files not found in {SHARED_GPT2}")
-    from gptkit.gpt2_files import ranks_from_gpt2_files
+    from gptkit.gpt2_files import bpe_ranks, read_vocab_files
 
-    ranks = ranks_from_gpt2_files(SHARED_GPT2 / "encoder.json", SHARED_GPT2 / "vocab.bpe")
+    ranks, _ = bpe_ranks(*read_vocab_files(SHARED_GPT2 / "encoder.json", SHARED_GPT2 / "vocab.bpe"))
     from gptkit.gpt2_files import data_gym_byte_decoder
 
     char_of = {b: c for c, b in data_gym_byte_decoder().items()}
