@@ -25,6 +25,7 @@ import click
 import torch
 
 from gptkit import distributed, plugins as plugin_manager
+from gptkit.component_help import describe
 from gptkit.config import Component, load_config, show_toml
 from gptkit.errors import GptkitError, RunInterrupted
 from gptkit.evaluation import result_line, score_responses, text_loss
@@ -125,8 +126,13 @@ def without_nproc(argv: list[str]) -> list[str]:
 
 @cli.command("list")
 @click.argument("kind", required=False)
-def list_components(kind: str | None) -> None:
-    """Registered components (of KIND, or of every kind), with origin and doc."""
+@click.argument("name", required=False)
+def list_components(kind: str | None, name: str | None) -> None:
+    """Registered components (of KIND, or of every kind), with origin and doc; with NAME, that
+    component's parameters: type, default, bounds and doc."""
+    if name is not None:
+        click.echo(describe(registry[kind].get(name)))
+        return
     registries = [registry[kind]] if kind else list(registry)
     for i, reg in enumerate(registries):
         if i:
