@@ -18,8 +18,10 @@ search can propose against its key's type. Then:
   `runs/<sweep>/<trial>/`, each with an offline W&B run; the state (`runs/<sweep>/sweep.json`) is
   saved atomically when a trial starts and ends, so running the sweep again continues it: finished
   trials are kept and a trial that was cut continues from its last checkpoint (`run.resume=auto`,
-  same W&B id). At the end: the trials sorted by the metric (trials.csv, trials.png) and the best
-  trial's config as best.toml, runnable with `gptkit run`.
+  same W&B id). Each proposal is drawn from the sweep's seed (the experiment's run.seed, recorded
+  in sweep.json) and the trial's number, so a resumed sweep proposes what an unbroken one would.
+  At the end: the trials sorted by the metric (trials.csv, trials.png) and the best trial's config
+  as best.toml, runnable with `gptkit run`.
 """
 
 from __future__ import annotations
@@ -65,13 +67,16 @@ FINISHED, FAILED, STOPPED, RUNNING = "finished", "failed", "stopped", "running"
 @attrs.define
 class Sweep:
     """A checked sweep file: `spec` W&B's sweep configuration as written; `program` the base
-    experiment's path; `raw` its TOML data; `folder` where the offline trials go (runs/<sweep>)."""
+    experiment's path; `raw` its TOML data; `folder` where the offline trials go (runs/<sweep>);
+    `seed` the offline search's seed: the experiment's run.seed (W&B's format has no seed key), the
+    one recorded in sweep.json once the sweep has started."""
 
     path: Path
     spec: dict[str, Any]
     program: Path
     raw: dict[str, Any]
     folder: Path
+    seed: int
 
     @property
     def metric(self) -> str:
@@ -112,6 +117,10 @@ def sweep_engine():
         warnings.filterwarnings("ignore", message="Valid config keys have changed in V2", category=UserWarning)
         try:
             import sweeps
+            # The modules `sweeps` imports on its first proposal: importing them (scipy, sklearn) draws
+            # from Python's global generator, which would make the first proposal of a process differ
+            # from the same proposal later in a process, and a resumed sweep differ from an unbroken one.
+            from sweeps import bayes_search, grid_search, random_search  # noqa: F401
         except ImportError:
             raise GptkitError("gptkit sweep needs W&B's sweep engine: pip install 'gptkit[wandb]'") from None
     return sweeps
@@ -154,8 +163,8 @@ def load_sweep(path: str | Path, runs_dir: Path = Path("runs")) -> Sweep:
         raise GptkitError(f"{path}: program: required: the experiment TOML the trials run, relative to the sweep file")
     program = path.parent / spec["program"]
     raw = read_toml(program)
-    structure(raw, source=str(program), base=program.parent)
-    sweep = Sweep(path, spec, program, raw, runs_dir / path.stem)
+    base = structure(raw, source=str(program), base=program.parent)
+    sweep = Sweep(path, spec, program, raw, runs_dir / path.stem, base.run.seed)
     check_metric(sweep)
     for key, parameter in spec["parameters"].items():
         check_parameter(sweep, key, parameter)
@@ -234,8 +243,8 @@ def sweep_run(trial: dict[str, Any]):
 @contextlib.contextmanager
 def search_seeded(seed: int) -> Iterator[None]:
     """`sweeps` draws from Python's and numpy's global generators, which each trial reseeds with
-    run.seed: the search draws from its own seed (run.seed, trial number) instead, so that it
-    proposes new values each trial and the same ones when a sweep is run again."""
+    run.seed: the search draws from its own seed (the sweep's seed, trial number) instead, so that it
+    proposes new values each trial and the same ones when a sweep is run again or resumed."""
     states = random.getstate(), np.random.get_state()
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -248,13 +257,13 @@ def search_seeded(seed: int) -> Iterator[None]:
 
 def suggest(sweep: Sweep, trials: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The next trial's values from the `sweeps` engine, or None when the search is exhausted (grid)."""
-    with search_seeded(int(sweep.raw.get("run", {}).get("seed", 123)) * 1009 + len(trials)):
+    with search_seeded(sweep.seed * 1009 + len(trials)):
         proposed = sweep_engine().next_run(sweep.spec, [sweep_run(t) for t in trials])
     return None if proposed is None else {k: v["value"] for k, v in proposed.config.items()}
 
 
 def load_state(sweep: Sweep, resume: bool) -> list[dict[str, Any]]:
-    """The trials so far of this sweep (re-running the same sweep continues it)."""
+    """The trials so far of this sweep (re-running the same sweep continues it, with its seed)."""
     state_path = sweep.folder / STATE
     if not state_path.is_file():
         if resume:
@@ -266,11 +275,12 @@ def load_state(sweep: Sweep, resume: bool) -> list[dict[str, Any]]:
             f"{sweep.folder} holds a sweep of another configuration than {sweep.path}; "
             "restore the file, or delete or move that folder to start anew"
         )
+    sweep.seed = state.get("seed", sweep.seed)
     return state["trials"]
 
 
 def save_state(sweep: Sweep, trials: list[dict[str, Any]]) -> None:
-    state = {"sweep_file": str(sweep.path), "spec": sweep.spec, "trials": trials}
+    state = {"sweep_file": str(sweep.path), "spec": sweep.spec, "seed": sweep.seed, "trials": trials}
     atomic_write_text(sweep.folder / STATE, json.dumps(state, indent=1) + "\n")
 
 

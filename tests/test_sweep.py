@@ -96,19 +96,30 @@ def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert inspect(wandb_files(tmp_path / "runs" / "fails" / failed["name"])[0], summary=True)["state"] == "failed"
 
 
-def test_a_sweep_killed_after_its_first_trial_resumes_without_repeating_one(tmp_path):
-    spec = GRID.replace("{values: [1, 2]}", "{value: 1}").replace("{values: [0.001, 0.003]}", "{values: [0.001, 0.002, 0.003]}")
-    path = write(tmp_path, "cut.yaml", spec.replace("train.max_steps: {value: 4}", "train.max_steps: {value: 16}\n  train.checkpoint_every: {value: 1}"))
-    folder = tmp_path / "runs" / "cut"
-    # Its own W&B service, as a new `gptkit sweep` has: not this process's (which WANDB_SERVICE names).
+def sweep_process(path: Path, *args: str, cwd: Path | None = None) -> subprocess.Popen:
+    """`gptkit sweep PATH ARGS` in a new process, with its own W&B service, as a new `gptkit sweep`
+    has (not this process's, which WANDB_SERVICE names), and the sweep engine imported afresh."""
     env = {**{k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "gptkit", "sweep", str(path)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen([sys.executable, "-m", "gptkit", "sweep", str(path), *args], env=env, cwd=cwd,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def kill_during_trial_2(path: Path, folder: Path, *args: str) -> None:
+    """Start the sweep in a new process and SIGKILL it once trial-002 has logged 3 steps."""
+    proc = sweep_process(path, *args, cwd=folder.parent.parent)
     second = folder / "trial-002" / "metrics.jsonl"
     deadline = time.monotonic() + 120
     while not (second.is_file() and len(second.read_text().splitlines()) >= 3) and time.monotonic() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+
+
+def test_a_sweep_killed_after_its_first_trial_resumes_without_repeating_one(tmp_path):
+    spec = GRID.replace("{values: [1, 2]}", "{value: 1}").replace("{values: [0.001, 0.003]}", "{values: [0.001, 0.002, 0.003]}")
+    path = write(tmp_path, "cut.yaml", spec.replace("train.max_steps: {value: 4}", "train.max_steps: {value: 16}\n  train.checkpoint_every: {value: 1}"))
+    folder = tmp_path / "runs" / "cut"
+    kill_during_trial_2(path, folder)
     assert [t["state"] for t in state(folder)] == ["finished", "running"]
     code, out = sweep(str(path), "--resume")
     assert code == 0, out
@@ -127,6 +138,26 @@ def test_a_sweep_killed_after_its_first_trial_resumes_without_repeating_one(tmp_
     resumed = [item["_step"] for item in history(logs[1])]
     assert resumed[0] > 1 and resumed == list(range(resumed[0], len(steps) + 1))
     assert [item["_step"] for item in history(logs[0])] == steps[: len(history(logs[0]))]
+
+
+@pytest.mark.parametrize("method", ["random", "bayes"])
+def test_a_resumed_search_proposes_the_trials_of_an_unbroken_one(tmp_path, method):
+    """Each proposal comes from (the sweep's seed, the trial's number), whatever the process has drawn
+    or imported before: a sweep killed in trial 2 and resumed in a new process proposes the unbroken
+    sweep's trial 3 (bayes too: resume is exact, so it sees the same metrics)."""
+    spec = GRID.replace("method: grid", f"method: {method}").replace("{values: [0.001, 0.003]}", "{min: 0.0005, max: 0.005, distribution: log_uniform_values}")
+    spec = spec.replace("train.max_steps: {value: 4}", "train.max_steps: {value: 12}\n  train.checkpoint_every: {value: 1}")
+    for name in ("unbroken", "cut"):
+        (tmp_path / name).mkdir()
+    unbroken, cut = (write(tmp_path / name, "search.yaml", spec) for name in ("unbroken", "cut"))
+    assert sweep_process(unbroken, "--offline", "--count", "3", cwd=unbroken.parent).wait() == 0
+    kill_during_trial_2(cut, cut.parent / "runs" / "search", "--offline", "--count", "3")
+    assert [t["state"] for t in state(cut.parent / "runs" / "search")] == ["finished", "running"]
+    assert sweep_process(cut, "--offline", "--count", "3", "--resume", cwd=cut.parent).wait() == 0
+    unbroken_trials, cut_trials = (state(p.parent / "runs" / "search") for p in (unbroken, cut))
+    assert [t["values"] for t in cut_trials] == [t["values"] for t in unbroken_trials]
+    assert len({t["values"]["train.lr"] for t in cut_trials}) == 3
+    assert json.loads((cut.parent / "runs" / "search" / "sweep.json").read_text())["seed"] == 7  # tiny.toml's run.seed
 
 
 BAD = {
