@@ -48,7 +48,7 @@ from gptkit.config import Config, read_toml, structure, to_raw
 from gptkit.errors import ConfigError, GptkitError, RunInterrupted
 from gptkit.files import atomic_write_text, read_text
 from gptkit.hookspecs import hookimpl
-from gptkit.plotting import plot_trials
+from gptkit.plotting import SweptParameter, plot_trials
 from gptkit.plugins import registry
 from gptkit.runs import run as run_config
 from gptkit.training import read_metrics
@@ -352,20 +352,44 @@ def ranked(sweep: Sweep, trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return scored + [t for t in trials if t not in scored]
 
 
+def swept_parameters(spec: dict[str, Any]) -> tuple[list[SweptParameter], dict[str, Any]]:
+    """The parameters the search varies, with how to draw them, and the fixed ones ({key: value}: a
+    `value`, or `values` of one). Distributions as W&B's engine reads them (it infers int_uniform
+    from integer bounds, for one): log axes for the log ones, integer ticks for integer ones."""
+    from sweeps.params import HyperParameter
+
+    swept, fixed = [], {}
+    for key, parameter in spec["parameters"].items():
+        config = HyperParameter(key, parameter).config
+        distribution, values = config["distribution"], config.get("values")
+        if distribution == "constant" or (values is not None and len(values) == 1):
+            fixed[key] = config["value"] if distribution == "constant" else values[0]
+            continue
+        integer = (distribution == "int_uniform" or (distribution.startswith("q_") and isinstance(config.get("q"), int))
+                   or (values is not None and all(isinstance(v, int) and not isinstance(v, bool) for v in values)))
+        swept.append(SweptParameter(key, log="log" in distribution, integer=integer))
+    return swept, fixed
+
+
 def report(sweep: Sweep, trials: list[dict[str, Any]], log=print) -> list[dict[str, Any]]:
-    """Print the table and write trials.csv, trials.png and best.toml; returns the trials, best first."""
+    """Print the table and write trials.csv, trials.png and best.toml; returns the trials, best first.
+    The table, trials.csv and trials.png show the swept parameters only: the fixed ones are the same
+    in every trial, printed once above the table and kept in sweep.json and best.toml."""
     order = ranked(sweep, trials)
-    keys = list(sweep.spec["parameters"])
+    best = order[0]
+    swept, fixed = swept_parameters(sweep.spec)
+    keys = [p.key for p in swept]
     header = ["trial", "state", *keys, sweep.metric, "error"]
     table = [[t["name"], t["state"], *(t["values"].get(k) for k in keys), t.get("metric"), t.get("error", "")] for t in order]
     out = io.StringIO()
     csv.writer(out, lineterminator="\n").writerows([header, *table])
     atomic_write_text(sweep.folder / "trials.csv", out.getvalue())
-    plot_trials(order, keys, sweep.metric, sweep.folder / "trials.png")
+    plot_trials(order, swept, sweep.metric, best["name"] if best["state"] == FINISHED else None, sweep.folder / "trials.png")
+    if fixed:
+        log("fixed: " + " ".join(override(k, v) for k, v in fixed.items()))
     widths = [max(len(show(row[i])) for row in [header, *table]) for i in range(len(header))]
     for row in [header, *table]:
         log("  ".join(show(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
-    best = order[0]
     if best["state"] == FINISHED:
         config = sweep.trial_config(best["name"], best["values"], "offline")
         raw = to_raw(config)

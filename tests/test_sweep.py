@@ -15,10 +15,14 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from matplotlib.colors import to_rgba
 
 from conftest import ROOT
+from gptkit import plotting
 from gptkit.cli import cli
 from gptkit.config import load_config
+from gptkit.plotting import SweptParameter, trials_figure
+from gptkit.sweep import swept_parameters
 from test_trackers import history, inspect, tiny_experiment, wandb_files
 
 pytest.importorskip("sweeps")
@@ -66,6 +70,8 @@ def test_a_2x2_grid_runs_4_distinct_trials_with_wandb_runs_a_table_and_the_best_
         assert run["config"]["model.n_layers"] == t["values"]["model.n_layers"] and run["summary"]["val_loss"] == t["metric"]
     with open(folder / "trials.csv", newline="") as f:
         table = list(csv.DictReader(f))
+    assert list(table[0]) == ["trial", "state", "train.lr", "model.n_layers", "val_loss", "error"]  # not the fixed train.max_steps
+    assert "fixed: train.max_steps=4\n" in out and "train.max_steps " not in out.split("fixed:")[1]
     metrics = [float(row["val_loss"]) for row in table]
     assert metrics == sorted(metrics) and len(table) == 4
     best = min(trials, key=lambda t: t["metric"])
@@ -75,16 +81,62 @@ def test_a_2x2_grid_runs_4_distinct_trials_with_wandb_runs_a_table_and_the_best_
     assert (folder / "trials.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_a_random_sweep_with_count_3_runs_3_and_a_bayes_sweep_runs(tmp_path):
+def test_a_random_sweep_with_count_3_runs_3_and_a_bayes_sweep_runs(tmp_path, monkeypatch):
     spec = GRID.replace("method: grid", "method: random").replace("{values: [0.001, 0.003]}", "{min: 0.0005, max: 0.005, distribution: log_uniform_values}")
+    figures = []
+    monkeypatch.setattr(plotting, "trials_figure", lambda *args: figures.append(trials_figure(*args)) or figures[-1])
     code, out = sweep(str(write(tmp_path, "random.yaml", spec)), "--offline", "--count", "3")
     assert code == 0, out
     trials = state(tmp_path / "runs" / "random")
     assert len(trials) == 3 and len({json.dumps(t["values"], sort_keys=True) for t in trials}) == 3
     assert all(0.0005 <= t["values"]["train.lr"] <= 0.005 for t in trials)
+    with open(tmp_path / "runs" / "random" / "trials.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["trial", "state", "train.lr", "model.n_layers", "val_loss", "error"]
+    lr_axis, layers_axis = figures[0].axes  # trials.png: the swept parameters only
+    assert (lr_axis.get_xlabel(), layers_axis.get_xlabel()) == ("train.lr", "model.n_layers")
+    assert lr_axis.get_xscale() == "log" and layers_axis.get_xscale() == "linear"
+    assert [text.get_text() for text in lr_axis.get_legend().get_texts()] == ["other trials", f"best: {rows[0]['trial']}"]
     code, out = sweep(str(write(tmp_path, "bayes.yaml", spec.replace("method: random", "method: bayes"))), "--offline", "--count", "2")
     assert code == 0, out
     assert [t["state"] for t in state(tmp_path / "runs" / "bayes")] == ["finished", "finished"]
+
+
+def test_swept_parameters_and_the_trials_figure():
+    """Fixed parameters are left out; W&B's log distributions get log axes, integer parameters
+    (int_uniform, inferred from integer bounds, a list of integers, q with an integer q) integer
+    ticks; the best trial is red and named in the legend."""
+    spec = {"parameters": {
+        "train.lr": {"min": 1e-4, "max": 1e-2, "distribution": "log_uniform_values"},
+        "model.emb_dim": {"min": 16, "max": 64, "distribution": "q_log_uniform_values", "q": 16},
+        "model.n_layers": {"min": 1, "max": 3},
+        "train.batch_size": {"values": [2, 4]},
+        "train.weight_decay": {"min": 0.0, "max": 0.2},
+        "model.attention.name": {"values": ["causal", "causal-reference"]},
+        "train.max_steps": {"value": 4},
+        "train.grad_clip": {"values": [1.0]},
+    }}
+    swept, fixed = swept_parameters(spec)
+    assert fixed == {"train.max_steps": 4, "train.grad_clip": 1.0}
+    assert swept == [SweptParameter("train.lr", log=True), SweptParameter("model.emb_dim", log=True, integer=True),
+                     SweptParameter("model.n_layers", integer=True), SweptParameter("train.batch_size", integer=True),
+                     SweptParameter("train.weight_decay"), SweptParameter("model.attention.name")]
+    trials = [{"name": f"trial-00{i}", "metric": 3.0 - i / 10, "values": {
+        "train.lr": 10 ** -(1 + i), "model.emb_dim": 16 * i, "model.n_layers": i, "train.batch_size": 2 * i,
+        "train.weight_decay": i / 20, "model.attention.name": ["causal", "causal-reference"][i % 2]}} for i in (1, 2, 3)]
+    fig = trials_figure(trials[::-1], swept, "val_loss", "trial-003")
+    fig.canvas.draw()
+    axes = {ax.get_xlabel(): ax for ax in fig.axes}
+    assert list(axes) == [p.key for p in swept] and all(ax.get_ylabel() == "val_loss" for ax in fig.axes)
+    assert [key for key, ax in axes.items() if ax.get_xscale() == "log"] == ["train.lr", "model.emb_dim"]
+    for key in ("model.n_layers", "train.batch_size"):
+        ticks = [x for x in axes[key].get_xticks() if axes[key].get_xlim()[0] <= x <= axes[key].get_xlim()[1]]
+        assert ticks and all(float(x).is_integer() for x in ticks), (key, ticks)
+    assert [label.get_text() for label in axes["model.attention.name"].get_xticklabels()] == ["causal-reference", "causal"]
+    legend = fig.axes[0].get_legend()
+    assert [text.get_text() for text in legend.get_texts()] == ["other trials", "best: trial-003"]
+    best_points = fig.axes[0].collections[1]
+    assert best_points.get_offsets().tolist() == [[1e-4, 3.0 - 0.3]] and tuple(best_points.get_facecolor()[0]) == to_rgba("tab:red")
 
 
 def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
