@@ -9,7 +9,6 @@ component and the other keys are checked against that component's params class.
 
 from __future__ import annotations
 
-import difflib
 import os
 import sys
 import types
@@ -23,6 +22,7 @@ import tomli_w
 from gptkit.errors import ConfigError, GptkitError
 from gptkit.plugins import registry
 from gptkit.presets import PRESETS, resolve_preset
+from gptkit.suggest import did_you_mean
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -74,8 +74,7 @@ def resolve_path(value: str, base: Path, how: str) -> str:
 
 
 def _near(key: str, choices: Any) -> str:
-    near = difflib.get_close_matches(key, list(choices), n=1)
-    return f"; did you mean {near[0]!r}?" if near else ""
+    return did_you_mean(key, choices)
 
 
 # --- the sections -------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ from gptkit.hookspecs import hookimpl
 from gptkit.plotting import SweptParameter, plot_trials
 from gptkit.plugins import registry
 from gptkit.runs import run as run_config
+from gptkit.suggest import did_you_mean
 from gptkit.training import read_metrics
 
 if sys.version_info >= (3, 11):
@@ -176,7 +177,7 @@ def check_metric(sweep: Sweep) -> None:
     keys = getattr(registry.recipe.get(recipe_name).factory, "metric_keys", ())
     name = (sweep.spec.get("metric") or {}).get("name")
     if name not in keys:
-        said = "metric.name: required" if name is None else f"metric {name!r}: the {recipe_name} recipe does not log it"
+        said = "metric.name: required" if name is None else f"metric {name!r}: the {recipe_name} recipe does not log it{did_you_mean(name, keys)}"
         raise GptkitError(f"{sweep.path}: {said} (it logs: {', '.join(keys)})")
 
 
