@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 from gptkit import hookimpl
 from gptkit.files import atomic_dir
 from gptkit.config import Component, path_field
+from gptkit.download import DownloadError, offline_hint
 from gptkit.errors import GptkitError
 from gptkit.interfaces import Context, LoadedModel
 from gptkit.model import GPT, GPTConfig
@@ -295,7 +296,8 @@ class HFLoader:
             return Path(snapshot_download(repo, allow_patterns=HUB_FILES, local_dir=local_dir))
         except Exception as exc:  # network, 404, auth: huggingface_hub has many error types
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise GptkitError(f"{repo}: could not download from the Hugging Face hub ({type(exc).__name__}: {message})") from None
+            raise DownloadError(f"{repo}: could not download from the Hugging Face hub ({type(exc).__name__}: {message}); "
+                                + offline_hint(f"gptkit download {repo} --source hf")) from None
 
     def save(self, loaded: LoadedModel, directory: str | Path) -> Path:
         return save_folder(loaded, Path(directory))
