@@ -29,7 +29,7 @@ from gptkit.component_help import describe
 from gptkit.config import Component, load_config, show_toml
 from gptkit.errors import GptkitError, RunInterrupted
 from gptkit.evaluation import result_line, score_responses, text_loss
-from gptkit.files import read_text
+from gptkit.files import read_json, read_text
 from gptkit.generation import stream_text, text_generation
 from gptkit.interfaces import Context
 from gptkit.interrupts import interrupts_deferred
@@ -37,6 +37,7 @@ from gptkit.plugins import GptkitWarning, registry
 from gptkit.runs import resolve_device, run as run_config
 from gptkit.sources import load_model, load_model_and_prompt, load_source
 from gptkit.sweep import is_offline, load_sweep, run_offline, run_online
+from gptkit.tables import aligned
 from gptkit.version import __version__
 from gptkit.weights import check_vocab
 
@@ -149,10 +150,10 @@ def list_components(kind: str | None, name: str | None) -> None:
 @cli.command()
 def plugins() -> None:
     """Loaded plugins: entry point, distribution, version, hooks."""
-    for info in plugin_manager.loaded():
-        kind = "built-in" if info.builtin else "third-party"
-        status = f"FAILED: {info.error}" if info.error else ", ".join(info.hooks) or "(no hooks)"
-        click.echo(f"{info.name:<14} {info.distribution} {info.version} ({kind})  {status}")
+    rows = [[info.name, info.distribution, info.version, "(built-in)" if info.builtin else "(third-party)",
+             f"FAILED: {info.error}" if info.error else ", ".join(info.hooks) or "(no hooks)"] for info in plugin_manager.loaded()]
+    for line in aligned(rows):
+        click.echo(line)
 
 
 @cli.group()
@@ -294,10 +295,7 @@ def eval_command(source, text_file, responses_file, scorer_names, stride, device
 
 def rescore(path: Path, scorer_names: tuple[str, ...], as_json: bool) -> None:
     """Score a responses.json again: with the scorers named, else those of its run's config.toml."""
-    try:
-        records = json.loads(read_text(path))
-    except json.JSONDecodeError as exc:
-        raise GptkitError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    records = read_json(path)
     if not isinstance(records, list):
         raise GptkitError(f"{path}: expected a JSON array of records, as responses.json holds")
     for i, record in enumerate(records):

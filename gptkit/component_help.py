@@ -22,6 +22,7 @@ import tomli_w
 
 from gptkit.config import _fields, _optional_inner, _type_name
 from gptkit.registry import Entry
+from gptkit.tables import aligned
 
 
 def describe(entry: Entry) -> str:
@@ -38,10 +39,8 @@ def describe(entry: Entry) -> str:
         rows.append((field.name, _type_name(field.type), _default(field), "; ".join(n for n in notes if n)))
     if len(rows) == 1:
         return "\n".join([*lines, "", "parameters: none"])
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    table = ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[3] for row in rows]
     example = f'{{ name = "{entry.name}", {rows[1][0]} = ... }}'
-    return "\n".join([*lines, "", f"parameters, written {example}:", *(line.rstrip() for line in table)])
+    return "\n".join([*lines, "", f"parameters, written {example}:", *("  " + line for line in aligned(rows))])
 
 
 def _default(field: attrs.Attribute) -> str:

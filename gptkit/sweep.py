@@ -46,12 +46,13 @@ import tomli_w
 from gptkit import plugins
 from gptkit.config import Config, read_toml, structure, to_raw
 from gptkit.errors import ConfigError, GptkitError, RunInterrupted
-from gptkit.files import atomic_write_text, read_text
+from gptkit.files import atomic_write_text, read_json, read_text
 from gptkit.hookspecs import hookimpl
 from gptkit.plotting import SweptParameter, plot_trials
 from gptkit.plugins import registry
 from gptkit.runs import run as run_config
 from gptkit.suggest import did_you_mean
+from gptkit.tables import aligned
 from gptkit.training import read_metrics
 
 if sys.version_info >= (3, 11):
@@ -270,7 +271,7 @@ def load_state(sweep: Sweep, resume: bool) -> list[dict[str, Any]]:
         if resume:
             raise GptkitError(f"--resume: {state_path} does not exist; no sweep {sweep.path} to continue")
         return []
-    state = json.loads(read_text(state_path))
+    state = read_json(state_path)
     if state["spec"] != sweep.spec:
         raise GptkitError(
             f"{sweep.folder} holds a sweep of another configuration than {sweep.path}; "
@@ -388,9 +389,8 @@ def report(sweep: Sweep, trials: list[dict[str, Any]], log=print) -> list[dict[s
     plot_trials(order, swept, sweep.metric, best["name"] if best["state"] == FINISHED else None, sweep.folder / "trials.png")
     if fixed:
         log("fixed: " + " ".join(override(k, v) for k, v in fixed.items()))
-    widths = [max(len(show(row[i])) for row in [header, *table]) for i in range(len(header))]
-    for row in [header, *table]:
-        log("  ".join(show(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+    for line in aligned([[show(cell) for cell in row] for row in [header, *table]]):
+        log(line)
     if best["state"] == FINISHED:
         config = sweep.trial_config(best["name"], best["values"], "offline")
         raw = to_raw(config)

@@ -48,6 +48,7 @@ from gptkit.config import to_raw
 from gptkit.errors import GptkitError, RunInterrupted, WriteError
 from gptkit.evaluation import summed_lm_loss
 from gptkit.files import append_text, atomic_write_text
+from gptkit.json_errors import json_reason
 from gptkit.generation import generate
 from gptkit.interfaces import Batch, Example
 from gptkit.plotting import plot_losses
@@ -137,7 +138,8 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
             if number == len(lines):
                 warnings.warn(f"{path}: line {number}, the last, was cut short by an interrupted write; dropped it", plugins.GptkitWarning)
                 break
-            raise GptkitError(f"{path}: line {number} is not a metrics row ({exc}); correct or delete that line") from None
+            why = f"malformed JSON at column {exc.colno}: {json_reason(exc)}" if isinstance(exc, json.JSONDecodeError) else exc
+            raise GptkitError(f"{path}: line {number} is not a metrics row ({why}); correct or delete that line") from None
         rows.append(row)
     return rows
 

@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 
 from gptkit import hookimpl
 from gptkit.files import atomic_dir
+from gptkit.json_errors import malformed_json
 from gptkit.config import Component, path_field
 from gptkit.download import DownloadError, offline_hint
 from gptkit.errors import GptkitError
@@ -205,6 +206,8 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
     if (folder / SHARD_INDEX).is_file() and not (folder / WEIGHTS).is_file():
         try:
             shards = sorted(set(json.loads((folder / SHARD_INDEX).read_text(encoding="utf-8"))["weight_map"].values()))
+        except json.JSONDecodeError as exc:
+            raise GptkitError(malformed_json(folder / SHARD_INDEX, exc)) from None
         except (OSError, ValueError, KeyError, AttributeError) as exc:
             raise GptkitError(f"{folder / SHARD_INDEX}: not a valid shard index ({exc})") from None
     else:
