@@ -39,6 +39,7 @@ from safetensors.torch import load_file
 from gptkit import distributed
 from gptkit.errors import CorruptCheckpoint, GptkitError, GptkitWarning, WriteError
 from gptkit.files import save_safetensors, atomic_dir, recover_replaced_dirs, remove_temp_files, sha256_file, writing
+from gptkit.json_errors import malformed_json
 from gptkit.interfaces import Context, LoadedModel
 from gptkit.model import GPTConfig
 from gptkit.plugins import registry
@@ -135,6 +136,8 @@ def verify(folder: Path, *, state: bool) -> None:
     try:
         files = json.loads(listing.read_text(encoding="utf-8"))["files"]
         expected = {name: (int(f["size"]), str(f["sha256"])) for name, f in files.items() if (name == STATE) == state}
+    except json.JSONDecodeError as exc:
+        raise CorruptCheckpoint(malformed_json(listing, exc)) from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CorruptCheckpoint(f"{listing}: unreadable ({type(exc).__name__}: {exc})") from None
     for name, (size, _) in expected.items():
@@ -170,6 +173,8 @@ def load_model_files(directory: str | Path, ctx: Context | None = None) -> Loade
         spec = dict(meta.get("tokenizer") or {"name": "gpt2"})
     except FileNotFoundError:
         raise GptkitError(f"{config_path}: missing (not a gptkit model folder)") from None
+    except json.JSONDecodeError as exc:
+        raise CorruptCheckpoint(malformed_json(config_path, exc)) from None
     except (ValueError, KeyError, TypeError) as exc:
         raise CorruptCheckpoint(f"{config_path}: not a valid gptkit model config ({type(exc).__name__}: {exc})") from None
     weights = directory / WEIGHTS

@@ -9,7 +9,6 @@ component and the other keys are checked against that component's params class.
 
 from __future__ import annotations
 
-import difflib
 import sys
 import types
 import typing
@@ -25,6 +24,7 @@ from gptkit import plugins
 from gptkit.plugins import registry
 from gptkit.presets import PRESETS, SIZE_KEYS, resolve_preset
 from gptkit.schema import Component, above, at_least, bound, kind, path_field, resolve_path, to_raw, unset
+from gptkit.suggest import did_you_mean
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -33,8 +33,7 @@ else:  # pragma: no cover
 
 
 def _near(key: str, choices: Any) -> str:
-    near = difflib.get_close_matches(key, list(choices), n=1)
-    return f"; did you mean {near[0]!r}?" if near else ""
+    return did_you_mean(key, choices)
 
 
 # --- the sections -------------------------------------------------------------------------------

@@ -3,7 +3,8 @@ loaders and the datasets alike.
 
 Downloads go to `<file>.part` and are renamed into place only once their size matches what the
 server announced, so a file under its final name is always whole; an interrupted transfer resumes
-from the `.part` with an HTTP Range request, in the same call or the next one.
+from the `.part` with an HTTP Range request, in the same call or the next one. A download that gets
+nothing (offline, refused, 404) leaves nothing: no empty `.part`, no folder it made.
 """
 
 from __future__ import annotations
@@ -46,8 +47,19 @@ def download_once(url: str, cache: Path) -> Path:
         return target
     try:
         return fetch([url], target)
-    except GptkitError as exc:
-        raise GptkitError(f"{exc}; check the address, or set data.dataset.path to a local file") from None
+    except DownloadError as exc:
+        raise DownloadError(f"{exc}; check the address, or set data.dataset.path to a local file") from None
+
+
+def offline_hint(command: str, folder: Path | None = None) -> str:
+    """What to do about a failed model download on a machine without internet."""
+    to = f" to {folder}, or anywhere and" if folder else " anywhere and"
+    return (f"offline? run `{command}` on a machine with internet, copy the folder it prints{to} name that "
+            "folder as the model (init.checkpoint.model=FOLDER in an experiment)")
+
+
+class DownloadError(GptkitError):
+    """No URL served the file (offline, refused, an HTTP error); the message says why each failed."""
 
 
 class TransferError(Exception):
@@ -55,21 +67,37 @@ class TransferError(Exception):
 
 
 def fetch(urls: Iterable[str], dest: Path) -> Path:
-    """Download `dest` from the first of `urls` that serves it; the error lists why each failed."""
+    """Download `dest` from the first of `urls` that serves it; the error lists why each failed.
+    Whatever fails, the folders it made for `dest` go again when they are left empty."""
     dest = Path(dest)
+    made = [folder for folder in [dest.parent, *dest.parent.parents] if not folder.exists()]  # deepest first
     dest.parent.mkdir(parents=True, exist_ok=True)
-    failures = []
-    for url in urls:
-        try:
-            _fetch_one(url, dest)
-            return dest
-        except TransferError as exc:
-            failures.append(f"{url}: {exc}")
-    raise GptkitError(f"could not download {dest.name} into {dest.parent}: " + "; ".join(failures))
+    try:
+        failures = []
+        for url in urls:
+            try:
+                _fetch_one(url, dest)
+                return dest
+            except TransferError as exc:
+                failures.append(f"{url}: {exc}")
+        raise DownloadError(f"could not download {dest.name} into {dest.parent}: " + "; ".join(failures))
+    except BaseException:
+        part = _part(dest)
+        if part.is_file() and part.stat().st_size == 0:  # a connection that broke before the first byte
+            part.unlink()
+        for folder in made:
+            if any(folder.iterdir()):
+                break
+            folder.rmdir()
+        raise
+
+
+def _part(dest: Path) -> Path:
+    return dest.with_name(dest.name + ".part")
 
 
 def _fetch_one(url: str, dest: Path) -> None:
-    part = dest.with_name(dest.name + ".part")
+    part = _part(dest)
     for _ in range(RETRIES + 1):
         offset = part.stat().st_size if part.exists() else 0
         request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
@@ -97,7 +125,9 @@ def _fetch_one(url: str, dest: Path) -> None:
             raise TransferError(f"received {size} bytes, the server announced {total}")
         os.replace(part, dest)
         return
-    raise TransferError(f"transfer kept breaking off; {part.name} is kept and the next try resumes it")
+    if part.is_file() and part.stat().st_size:
+        raise TransferError(f"transfer kept breaking off; {part.name} is kept and the next try resumes it")
+    raise TransferError("transfer kept breaking off before its first byte")
 
 
 def _receive(response, part: Path, offset: int, label: str) -> int | None:

@@ -1,5 +1,6 @@
 """Files written so that a crash or a full disk never leaves a half-written one under its final name,
-and text read so that bad bytes are an error naming the file, line and byte.
+and text read so that bad bytes (or malformed JSON) are an error naming the file, line and byte (or
+column).
 
 A write that fails raises `WriteError` naming the file and the reason in plain words (a full disk, a
 read-only folder); what was there before is left as it was.
@@ -10,18 +11,20 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
 import os
 import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from gptkit.errors import GptkitError, WriteError
+from gptkit.json_errors import malformed_json
 
 PLAIN_REASONS = {
     errno.ENOSPC: "no space left on the device",
@@ -194,3 +197,12 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dic
         if code is None:
             raise
         raise OSError(int(code.group(1)), os.strerror(int(code.group(1)))) from exc
+
+
+def read_json(path: str | Path) -> Any:
+    """The JSON value of a UTF-8 file; unreadable, bad bytes or malformed JSON are an error naming
+    the file and where."""
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as exc:
+        raise GptkitError(malformed_json(path, exc)) from None

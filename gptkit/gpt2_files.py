@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Iterable
 
 from gptkit.errors import GptkitError
+from gptkit.json_errors import malformed_json
 
 ENDOFTEXT = "<|endoftext|>"
 
@@ -20,6 +21,8 @@ def read_gpt2_json(path: Path, size_keys: Iterable[str], missing: str = "missing
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise GptkitError(f"{path}: {missing}") from None
+    except json.JSONDecodeError as exc:
+        raise GptkitError(malformed_json(path, exc)) from None
     except (OSError, ValueError) as exc:
         raise GptkitError(f"{path}: not readable JSON ({exc})") from None
     size_keys = list(size_keys)

@@ -10,6 +10,7 @@ from typing import Any
 
 from gptkit.errors import GptkitError, GptkitWarning
 from gptkit.files import append_text, atomic_write_text
+from gptkit.json_errors import json_reason
 
 
 class MetricsLog:
@@ -48,6 +49,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
             if number == len(lines):
                 warnings.warn(f"{path}: line {number}, the last, was cut short by an interrupted write; dropped it", GptkitWarning)
                 break
-            raise GptkitError(f"{path}: line {number} is not a metrics row ({exc}); correct or delete that line") from None
+            why = f"malformed JSON at column {exc.colno}: {json_reason(exc)}" if isinstance(exc, json.JSONDecodeError) else exc
+            raise GptkitError(f"{path}: line {number} is not a metrics row ({why}); correct or delete that line") from None
         rows.append(row)
     return rows

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import attrs
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -36,23 +37,51 @@ def plot_losses(rows: list[dict[str, Any]], path: Path) -> None:
         fig.savefig(tmp, format="png", dpi=150)
 
 
-def plot_trials(trials: list[dict[str, Any]], keys: list[str], metric: str, path: Path) -> None:
-    """One panel per swept parameter: each finished trial's metric against its value (values that
-    are not numbers are placed in order of appearance, labelled); the best trial (first) in red."""
+@attrs.frozen
+class SweptParameter:
+    """A swept parameter as trials.png draws it: `log` axis for W&B's log distributions, integer
+    ticks for integer ones (int_uniform, a list of integers)."""
+
+    key: str
+    log: bool = False
+    integer: bool = False
+
+
+def trials_figure(trials: list[dict[str, Any]], parameters: list[SweptParameter], metric: str, best: str | None) -> Figure:
+    """One panel per swept parameter: each trial's metric (where it has one) against its value
+    (values that are not numbers are placed in order of appearance, labelled); the trial named
+    `best` in red, named in the legend. Nothing swept: the metric of each trial, by name."""
     done = [t for t in trials if isinstance(t.get("metric"), (int, float))]
-    fig = Figure(figsize=(4 * len(keys), 3))
+    panels = parameters or [SweptParameter("trial")]
+    fig = Figure(figsize=(4 * len(panels), 3.2))
     FigureCanvasAgg(fig)
-    for i, key in enumerate(keys):
-        ax = fig.add_subplot(1, len(keys), i + 1)
-        values = [t["values"].get(key) for t in done]
+    for i, parameter in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        values = [t["values"].get(parameter.key) if parameters else t["name"] for t in done]
         numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
         labels = list(dict.fromkeys(map(str, values)))
         xs = values if numeric else [labels.index(str(v)) for v in values]
-        ax.scatter(xs, [t["metric"] for t in done], color=["tab:red" if j == 0 else "tab:blue" for j in range(len(done))])
+        others = [j for j, t in enumerate(done) if t["name"] != best]
+        if others:
+            ax.scatter([xs[j] for j in others], [done[j]["metric"] for j in others], color="tab:blue", label="other trials")
+        for j in (j for j, t in enumerate(done) if t["name"] == best):
+            ax.scatter([xs[j]], [done[j]["metric"]], color="tab:red", label=f"best: {best}", zorder=3)
         if not numeric:
             ax.set_xticks(range(len(labels)), labels)
-        ax.set_xlabel(key)
+        elif parameter.log:
+            ax.set_xscale("log")
+        elif parameter.integer:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel(parameter.key)
         ax.set_ylabel(metric)
+        if i == 0 and done:
+            ax.legend(fontsize="small")
     fig.tight_layout()
+    return fig
+
+
+def plot_trials(trials: list[dict[str, Any]], parameters: list[SweptParameter], metric: str, best: str | None, path: Path) -> None:
+    """trials.png of a sweep (see `trials_figure`)."""
+    fig = trials_figure(trials, parameters, metric, best)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)

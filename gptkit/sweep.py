@@ -18,8 +18,10 @@ search can propose against its key's type. Then:
   `runs/<sweep>/<trial>/`, each with an offline W&B run; the state (`runs/<sweep>/sweep.json`) is
   saved atomically when a trial starts and ends, so running the sweep again continues it: finished
   trials are kept and a trial that was cut continues from its last checkpoint (`run.resume=auto`,
-  same W&B id). At the end: the trials sorted by the metric (trials.csv, trials.png) and the best
-  trial's config as best.toml, runnable with `gptkit run`.
+  same W&B id). Each proposal is drawn from the sweep's seed (the experiment's run.seed, recorded
+  in sweep.json) and the trial's number, so a resumed sweep proposes what an unbroken one would.
+  At the end: the trials sorted by the metric (trials.csv, trials.png) and the best trial's config
+  as best.toml, runnable with `gptkit run`.
 """
 
 from __future__ import annotations
@@ -43,12 +45,14 @@ import tomli_w
 
 from gptkit.config import Config, read_toml, structure, to_raw
 from gptkit.errors import ConfigError, GptkitError, RunInterrupted
-from gptkit.files import atomic_write_text, read_text
+from gptkit.files import atomic_write_text, read_json, read_text
 from gptkit.hookspecs import hookimpl
-from gptkit.plotting import plot_trials
+from gptkit.plotting import SweptParameter, plot_trials
 from gptkit.plugins import registry
 from gptkit.runs import run as run_config
 from gptkit.metrics import read_metrics
+from gptkit.suggest import did_you_mean
+from gptkit.tables import aligned
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -64,13 +68,16 @@ FINISHED, FAILED, STOPPED, RUNNING = "finished", "failed", "stopped", "running"
 @attrs.define
 class Sweep:
     """A checked sweep file: `spec` W&B's sweep configuration as written; `program` the base
-    experiment's path; `raw` its TOML data; `folder` where the offline trials go (runs/<sweep>)."""
+    experiment's path; `raw` its TOML data; `folder` where the offline trials go (runs/<sweep>);
+    `seed` the offline search's seed: the experiment's run.seed (W&B's format has no seed key), the
+    one recorded in sweep.json once the sweep has started."""
 
     path: Path
     spec: dict[str, Any]
     program: Path
     raw: dict[str, Any]
     folder: Path
+    seed: int
 
     @property
     def metric(self) -> str:
@@ -115,6 +122,10 @@ def sweep_engine():
         warnings.filterwarnings("ignore", message="Valid config keys have changed in V2", category=UserWarning)
         try:
             import sweeps
+            # The modules `sweeps` imports on its first proposal: importing them (scipy, sklearn) draws
+            # from Python's global generator, which would make the first proposal of a process differ
+            # from the same proposal later in a process, and a resumed sweep differ from an unbroken one.
+            from sweeps import bayes_search, grid_search, random_search  # noqa: F401
         except ImportError:
             raise GptkitError("gptkit sweep needs W&B's sweep engine: pip install 'gptkit[wandb]' && pip install --no-deps 'sweeps>=0.3'") from None
     return sweeps
@@ -157,8 +168,8 @@ def load_sweep(path: str | Path, runs_dir: Path = Path("runs")) -> Sweep:
         raise GptkitError(f"{path}: program: required: the experiment TOML the trials run, relative to the sweep file")
     program = path.parent / spec["program"]
     raw = read_toml(program)
-    structure(raw, source=str(program), base=program.parent)
-    sweep = Sweep(path, spec, program, raw, runs_dir / path.stem)
+    base = structure(raw, source=str(program), base=program.parent)
+    sweep = Sweep(path, spec, program, raw, runs_dir / path.stem, base.run.seed)
     check_metric(sweep)
     for key, parameter in spec["parameters"].items():
         check_parameter(sweep, key, parameter)
@@ -170,7 +181,7 @@ def check_metric(sweep: Sweep) -> None:
     keys = getattr(registry.recipe.get(recipe_name).factory, "metric_keys", ())
     name = (sweep.spec.get("metric") or {}).get("name")
     if name not in keys:
-        said = "metric.name: required" if name is None else f"metric {name!r}: the {recipe_name} recipe does not log it"
+        said = "metric.name: required" if name is None else f"metric {name!r}: the {recipe_name} recipe does not log it{did_you_mean(name, keys)}"
         raise GptkitError(f"{sweep.path}: {said} (it logs: {', '.join(keys)})")
 
 
@@ -233,8 +244,8 @@ def sweep_run(trial: dict[str, Any]):
 @contextlib.contextmanager
 def search_seeded(seed: int) -> Iterator[None]:
     """`sweeps` draws from Python's and numpy's global generators, which each trial reseeds with
-    run.seed: the search draws from its own seed (run.seed, trial number) instead, so that it
-    proposes new values each trial and the same ones when a sweep is run again."""
+    run.seed: the search draws from its own seed (the sweep's seed, trial number) instead, so that it
+    proposes new values each trial and the same ones when a sweep is run again or resumed."""
     states = random.getstate(), np.random.get_state()
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -247,29 +258,30 @@ def search_seeded(seed: int) -> Iterator[None]:
 
 def suggest(sweep: Sweep, trials: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The next trial's values from the `sweeps` engine, or None when the search is exhausted (grid)."""
-    with search_seeded(int(sweep.raw.get("run", {}).get("seed", 123)) * 1009 + len(trials)):
+    with search_seeded(sweep.seed * 1009 + len(trials)):
         proposed = sweep_engine().next_run(sweep.spec, [sweep_run(t) for t in trials])
     return None if proposed is None else {k: v["value"] for k, v in proposed.config.items()}
 
 
 def load_state(sweep: Sweep, resume: bool) -> list[dict[str, Any]]:
-    """The trials so far of this sweep (re-running the same sweep continues it)."""
+    """The trials so far of this sweep (re-running the same sweep continues it, with its seed)."""
     state_path = sweep.folder / STATE
     if not state_path.is_file():
         if resume:
             raise GptkitError(f"--resume: {state_path} does not exist; no sweep {sweep.path} to continue")
         return []
-    state = json.loads(read_text(state_path))
+    state = read_json(state_path)
     if state["spec"] != sweep.spec:
         raise GptkitError(
             f"{sweep.folder} holds a sweep of another configuration than {sweep.path}; "
             "restore the file, or delete or move that folder to start anew"
         )
+    sweep.seed = state.get("seed", sweep.seed)
     return state["trials"]
 
 
 def save_state(sweep: Sweep, trials: list[dict[str, Any]]) -> None:
-    state = {"sweep_file": str(sweep.path), "spec": sweep.spec, "trials": trials}
+    state = {"sweep_file": str(sweep.path), "spec": sweep.spec, "seed": sweep.seed, "trials": trials}
     atomic_write_text(sweep.folder / STATE, json.dumps(state, indent=1) + "\n")
 
 
@@ -337,20 +349,43 @@ def ranked(sweep: Sweep, trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return scored + [t for t in trials if t not in scored]
 
 
+def swept_parameters(spec: dict[str, Any]) -> tuple[list[SweptParameter], dict[str, Any]]:
+    """The parameters the search varies, with how to draw them, and the fixed ones ({key: value}: a
+    `value`, or `values` of one). Distributions as W&B's engine reads them (it infers int_uniform
+    from integer bounds, for one): log axes for the log ones, integer ticks for integer ones."""
+    from sweeps.params import HyperParameter
+
+    swept, fixed = [], {}
+    for key, parameter in spec["parameters"].items():
+        config = HyperParameter(key, parameter).config
+        distribution, values = config["distribution"], config.get("values")
+        if distribution == "constant" or (values is not None and len(values) == 1):
+            fixed[key] = config["value"] if distribution == "constant" else values[0]
+            continue
+        integer = (distribution == "int_uniform" or (distribution.startswith("q_") and isinstance(config.get("q"), int))
+                   or (values is not None and all(isinstance(v, int) and not isinstance(v, bool) for v in values)))
+        swept.append(SweptParameter(key, log="log" in distribution, integer=integer))
+    return swept, fixed
+
+
 def report(sweep: Sweep, trials: list[dict[str, Any]], log=print) -> list[dict[str, Any]]:
-    """Print the table and write trials.csv, trials.png and best.toml; returns the trials, best first."""
+    """Print the table and write trials.csv, trials.png and best.toml; returns the trials, best first.
+    The table, trials.csv and trials.png show the swept parameters only: the fixed ones are the same
+    in every trial, printed once above the table and kept in sweep.json and best.toml."""
     order = ranked(sweep, trials)
-    keys = list(sweep.spec["parameters"])
+    best = order[0]
+    swept, fixed = swept_parameters(sweep.spec)
+    keys = [p.key for p in swept]
     header = ["trial", "state", *keys, sweep.metric, "error"]
     table = [[t["name"], t["state"], *(t["values"].get(k) for k in keys), t.get("metric"), t.get("error", "")] for t in order]
     out = io.StringIO()
     csv.writer(out, lineterminator="\n").writerows([header, *table])
     atomic_write_text(sweep.folder / "trials.csv", out.getvalue())
-    plot_trials(order, keys, sweep.metric, sweep.folder / "trials.png")
-    widths = [max(len(show(row[i])) for row in [header, *table]) for i in range(len(header))]
-    for row in [header, *table]:
-        log("  ".join(show(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
-    best = order[0]
+    plot_trials(order, swept, sweep.metric, best["name"] if best["state"] == FINISHED else None, sweep.folder / "trials.png")
+    if fixed:
+        log("fixed: " + " ".join(override(k, v) for k, v in fixed.items()))
+    for line in aligned([[show(cell) for cell in row] for row in [header, *table]]):
+        log(line)
     if best["state"] == FINISHED:
         config = sweep.trial_config(best["name"], best["values"], "offline")
         raw = to_raw(config)

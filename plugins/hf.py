@@ -27,6 +27,8 @@ from safetensors.torch import save_file
 
 from gptkit import hookimpl
 from gptkit.files import atomic_dir
+from gptkit.download import DownloadError, offline_hint
+from gptkit.json_errors import malformed_json
 from gptkit.schema import Component, path_field
 from gptkit.errors import GptkitError
 from gptkit.interfaces import Context, LoadedModel
@@ -236,6 +238,8 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
     if (folder / SHARD_INDEX).is_file() and not (folder / WEIGHTS).is_file():
         try:
             shards = sorted(set(json.loads((folder / SHARD_INDEX).read_text(encoding="utf-8"))["weight_map"].values()))
+        except json.JSONDecodeError as exc:
+            raise GptkitError(malformed_json(folder / SHARD_INDEX, exc)) from None
         except (OSError, ValueError, KeyError, AttributeError) as exc:
             raise GptkitError(f"{folder / SHARD_INDEX}: not a valid shard index ({exc})") from None
     else:
@@ -349,7 +353,8 @@ class HFLoader:
             return Path(snapshot_download(repo, allow_patterns=HUB_FILES, local_dir=local_dir))
         except Exception as exc:  # network, 404, auth: huggingface_hub has many error types
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise GptkitError(f"{repo}: could not download from the Hugging Face hub ({type(exc).__name__}: {message})") from None
+            raise DownloadError(f"{repo}: could not download from the Hugging Face hub ({type(exc).__name__}: {message}); "
+                                + offline_hint(f"gptkit download {repo} --source hf")) from None
 
     def save(self, loaded: LoadedModel, directory: str | Path) -> Path:
         return save_folder(loaded, Path(directory))

@@ -26,6 +26,7 @@ from gptkit.download import cache_dir as default_cache_dir
 from gptkit.download import download_once, is_url
 from gptkit.errors import GptkitError
 from gptkit.files import read_text
+from gptkit.json_errors import json_reason, malformed_json
 from gptkit.interfaces import Example
 from gptkit.schema import path_field
 from gptkit.data import examples_from_records, optional_length, report, too_long_choice
@@ -42,7 +43,7 @@ def json_type(value: Any) -> str:
 def record_problem(value: Any) -> str | None:
     """Why a parsed JSON value is not an instruction record, or None when it is one."""
     if isinstance(value, json.JSONDecodeError):
-        return f"malformed JSON at column {value.colno}: {value.msg} (expected {FORMATS})"
+        return f"malformed JSON at column {value.colno}: {json_reason(value)} (expected {FORMATS})"
     if not isinstance(value, dict):
         return f"expected an object with fields {', '.join(FIELDS)}, got {json_type(value)}"
     for field in FIELDS:
@@ -62,7 +63,7 @@ def parse_records(text: str, source: str) -> list[tuple[str, Any]]:
         try:
             values = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise GptkitError(f"{source}: malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+            raise GptkitError(malformed_json(source, exc)) from None
         return [(f"record {i}", value) for i, value in enumerate(values)]
     entries = []
     for number, line in enumerate(text.split("\n"), start=1):

@@ -32,6 +32,7 @@ DEFAULT_TARGETS = ("*.attn.qkv", "*.attn.proj", "*.ff.fc", "*.ff.proj")
 
 
 def _dropout_range(instance, attribute, value):
+    """in [0, 1)"""
     if not 0.0 <= value < 1.0:
         raise ValueError(f"'dropout' must be in [0, 1), got {value}")
 

@@ -18,6 +18,7 @@ def greedy(logits: torch.Tensor, generator: torch.Generator | None = None) -> to
 
 
 def _top_p_range(instance, attribute, value):
+    """in (0, 1]"""
     if value is not None and not 0.0 < value <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {value}")
 

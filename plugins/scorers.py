@@ -207,6 +207,7 @@ class RougeLParams:
 
 
 def _http_url(instance: Any, attribute: attrs.Attribute, value: str) -> None:
+    """an http(s) address"""
     if not is_url(value):
         raise ValueError(f"'url' must be an http(s) address such as http://localhost:11434, got {value!r}")
 

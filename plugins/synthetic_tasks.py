@@ -76,12 +76,14 @@ def task_records(seed: int, count: int, families: list[str], word_length: tuple[
 
 
 def _families(instance: Any, attribute: attrs.Attribute, value: list[str]) -> None:
+    """distinct task family names"""
     unknown = [name for name in value if name not in FAMILIES]
     if not value or unknown or len(set(value)) != len(value):
         raise ValueError(f"'families' must be a list of distinct names from {', '.join(FAMILIES)}, got {value}")
 
 
 def _word_length(instance: Any, attribute: attrs.Attribute, value: list[int]) -> None:
+    """1 <= shortest <= longest"""
     if len(value) != 2 or not 1 <= value[0] <= value[1]:
         raise ValueError(f"'word_length' must be [shortest, longest] with 1 <= shortest <= longest, got {value}")
 

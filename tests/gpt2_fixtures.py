@@ -93,18 +93,26 @@ def openai_variables(model, drop=(), extra=None) -> dict:
     return out
 
 
-def write_openai_folder(model, folder: Path, drop=(), extra=None, real_vocab: bool = False) -> Path:
-    """The seven files of an OpenAI GPT-2 size, the checkpoint written by TensorFlow (SaveV2)."""
-    import os
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
-
+def write_openai_folder(model, folder: Path, drop=(), extra=None, real_vocab: bool = False,
+                        writer: str = "tensorflow") -> Path:
+    """The seven files of an OpenAI GPT-2 size. `writer`: "tensorflow" writes the checkpoint with
+    TensorFlow itself (SaveV2); "python" with tests/tf_bundle_writer.py, for tests that need OpenAI's
+    layout but not TensorFlow's own bytes, so they run where TensorFlow is not installed."""
     folder.mkdir(parents=True, exist_ok=True)
     variables = openai_variables(model, drop, extra)
-    names = sorted(variables)
-    tf.raw_ops.SaveV2(prefix=str(folder / "model.ckpt"), tensor_names=names, shape_and_slices=[""] * len(names),
-                      tensors=[tf.constant(variables[n]) for n in names])
+    if writer == "python":
+        from tf_bundle_writer import write_bundle
+
+        write_bundle(folder / "model.ckpt", variables)
+    else:
+        import os
+
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        import tensorflow as tf
+
+        names = sorted(variables)
+        tf.raw_ops.SaveV2(prefix=str(folder / "model.ckpt"), tensor_names=names, shape_and_slices=[""] * len(names),
+                          tensors=[tf.constant(variables[n]) for n in names])
     c = model.config
     hparams = dict(n_vocab=c.vocab_size, n_ctx=c.n_positions, n_embd=c.n_embd, n_head=c.n_head, n_layer=c.n_layer)
     (folder / "hparams.json").write_text(json.dumps(hparams, indent=2), encoding="utf-8")

@@ -1,5 +1,6 @@
 """The command line, run as users run it: a subprocess, checking exit codes, stdout and stderr."""
 
+import re
 import subprocess
 import sys
 
@@ -35,9 +36,11 @@ def test_list_unknown_kind_exits_2():
     assert result.returncode == 2 and "unknown component kind 'widgets'" in result.stderr
 
 
-def test_plugins_lists_builtins():
+def test_plugins_lists_builtins_in_aligned_columns():
     out = gptkit("plugins").stdout
     assert "attention" in out and "(built-in)" in out and "register_components" in out
+    columns = {tuple(m.start() for m in re.finditer(r"\S+(?: \S+)*", line)) for line in out.splitlines()}
+    assert len(columns) == 1 and len(next(iter(columns))) == 5, out  # name, distribution, version, kind, hooks
 
 
 def test_validate_every_shipped_experiment():

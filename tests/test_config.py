@@ -1,8 +1,10 @@
+import re
 import textwrap
 
+import attrs
 import pytest
 
-from gptkit.config import Component, load_config, structure, to_raw
+from gptkit.config import Component, Config, load_config, structure, to_raw
 from gptkit.errors import ConfigError, GptkitError
 from conftest import EXPERIMENTS
 
@@ -24,6 +26,21 @@ def write(tmp_path, text):
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
 def test_every_shipped_experiment_validates(path):
     load_config(path)
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
+def test_a_comment_that_names_a_key_sits_on_that_keys_line(path):
+    """`save_best = false  # precision auto: ...` reads as if it were about save_best."""
+    keys = {f.name: {g.name for g in attrs.fields(f.type)} for f in attrs.fields(attrs.resolve_types(Config)) if attrs.has(f.type)}
+    section, misplaced = None, []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if header := re.match(r"\[(\w+)\]", line):
+            section = header.group(1)
+        elif entry := re.match(r"(\w+)\s*=.*\s#\s*(\w+)", line):
+            key, first_word = entry.groups()
+            if first_word in keys.get(section, ()) and first_word != key:
+                misplaced.append(f"line {number}: {line}")
+    assert misplaced == []
 
 
 def test_three_mistakes_reported_together(tmp_path):

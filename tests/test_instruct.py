@@ -58,7 +58,7 @@ def gpt2_medium_server(tmp_path_factory):
     if not SHARED_GPT2.is_dir():
         pytest.skip(f"GPT-2 vocabulary files not found in {SHARED_GPT2}")
     model = random_hf_model(50257, 1024, 16, 2, 1, seed=3)
-    folder = write_openai_folder(model, tmp_path_factory.mktemp("openai") / "355M", real_vocab=True)
+    folder = write_openai_folder(model, tmp_path_factory.mktemp("openai") / "355M", real_vocab=True, writer="python")
     with serve_folder(folder, size="355M") as server:
         yield server
 

@@ -105,9 +105,9 @@ def test_a_bad_record_names_file_record_and_field(tmp_path, records, expected):
 
 def test_malformed_json_names_line_and_column(tmp_path):
     message = error_of(tmp_path, '[\n  {"instruction": "x",\n    "output": y}\n]')
-    assert "data.json: malformed JSON at line 3, column 15: Expecting value" in message
+    assert "data.json: malformed JSON at line 3, column 15: a value was expected" in message
     message = error_of(tmp_path, json.dumps(RECORDS[0]) + '\n\n{"instruction": "x", output: "y"}\n')
-    assert "data.json: record 1 (line 3): malformed JSON at column 22: Expecting property name" in message
+    assert "data.json: record 1 (line 3): malformed JSON at column 22: a key in double quotes was expected" in message
     assert "one record per line" in message
 
 

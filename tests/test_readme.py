@@ -107,7 +107,7 @@ def workspace(tmp_path):
     shutil.copytree(ROOT / "sweeps", repo / "sweeps")
     (tmp_path / "shared").symlink_to(SHARED_DATA.parent, target_is_directory=True)
     model = random_hf_model(50257, 1024, 16, 2, 1, seed=5)  # context 1024: instruct_medium answers after long prompts
-    checkpoint = write_openai_folder(model, tmp_path / "openai", real_vocab=True)
+    checkpoint = write_openai_folder(model, tmp_path / "openai", real_vocab=True, writer="python")
     files = {f"/{size}/{p.name}": p.read_bytes() for size in ("124M", "355M", "774M", "1558M") for p in checkpoint.iterdir() if p.is_file()}
     example_site = install(ROOT / "examples" / "acme-window-attention", tmp_path / "acme-window")
     with FileServer(files) as server:

@@ -93,6 +93,42 @@ def test_connection_refused_is_a_clear_error(tmp_path):
     assert "\n" not in message and "could not download checkpoint" in message and "refused" in message.lower()
 
 
+def test_a_download_that_gets_nothing_leaves_no_folder_and_says_what_to_do_offline(tmp_path):
+    """Refused, 404 on the first file, a connection that breaks before its first byte: no empty
+    355M/ folder (nor the cache folders made for it), no empty .part; the error says what to do."""
+    files = {f"/355M/{p.name}": p.read_bytes() for p in OPENAI_TINY.iterdir()}
+    with FileServer({}) as empty, FileServer(files, cut={"/355M/checkpoint": 0}, cut_times=100) as breaks:
+        for base_url in (closed_port_url(), empty.url, breaks.url):
+            with pytest.raises(GptkitError) as info:
+                loader(tmp_path, base_url).download("gpt2-medium")
+            message = str(info.value)
+            assert "\n" not in message and f"could not download checkpoint into {tmp_path / 'cache' / '355M'}: {base_url}/355M/checkpoint" in message
+            assert message.endswith(f"; offline? run `gptkit download gpt2-355M` on a machine with internet, copy the folder it prints "
+                                    f"to {tmp_path / 'cache' / '355M'}, or anywhere and name that folder as the model "
+                                    "(init.checkpoint.model=FOLDER in an experiment)")
+            assert not (tmp_path / "cache").exists(), base_url
+
+
+def test_a_download_cut_after_some_files_keeps_them_to_resume(tmp_path):
+    files = {f"/124M/{p.name}": p.read_bytes() for p in OPENAI_TINY.iterdir() if p.name != DATA}
+    with FileServer(files) as server:
+        with pytest.raises(GptkitError, match="offline\\? run `gptkit download gpt2-124M`"):
+            loader(tmp_path, server.url).download("gpt2-124M")
+    kept = sorted(p.name for p in (tmp_path / "cache" / "124M").iterdir())
+    assert kept == ["checkpoint", "encoder.json", "hparams.json"]  # FILES before the data file: not fetched again
+
+
+def test_instruct_medium_offline_is_one_line_with_a_hint_and_leaves_nothing(tmp_path, monkeypatch):
+    from conftest import ROOT
+
+    monkeypatch.setenv("GPTKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("GPTKIT_OPENAI_BASE_URL", closed_port_url())
+    result = CliRunner().invoke(cli, ["run", str(ROOT / "experiments" / "instruct_medium.toml"), f"run.out_dir={tmp_path / 'run'}"])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert result.output.startswith("error: could not download checkpoint into ") and "`gptkit download gpt2-355M`" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no cache folder, no run folder
+
+
 def test_disk_full_leaves_no_partial_file(tmp_path, monkeypatch):
     real_open = open
 

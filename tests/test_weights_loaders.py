@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,8 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
-from gpt2_fixtures import HF_TINY, OPENAI_TINY, SHARED_GPT2, copy_folder, hf_logits, random_hf_model, write_hf_folder
+from gpt2_fixtures import (HF_TINY, OPENAI_TINY, SHARED_GPT2, copy_folder, hf_logits, random_hf_model, write_hf_folder,
+                           write_openai_folder)
 from gptkit.cli import cli
 from gptkit.errors import GptkitError
 from gptkit.sources import load_model, load_source
@@ -52,6 +54,19 @@ def test_openai_folder_reads_without_tensorflow(reference):
     from gptkit_plugins.openai_tf import load_folder
 
     torch.testing.assert_close(gptkit_logits_of(load_folder(OPENAI_TINY, reader="python")), reference, atol=1e-4, rtol=0)
+
+
+def test_openai_folder_fixture_writes_without_tensorflow(tmp_path, monkeypatch):
+    """Tests that serve OpenAI's layout (test_instruct, test_readme) write it without TensorFlow; what
+    they write loads as the HF model it came from (TensorFlow reads it too: test_tf_bundle.py)."""
+    from gptkit_plugins.openai_tf import load_folder
+
+    model = random_hf_model(97, 16, 16, 2, 2, seed=11)
+    with monkeypatch.context() as patch:
+        patch.setitem(sys.modules, "tensorflow", None)  # `import tensorflow` fails, as where it is not installed
+        folder = write_openai_folder(model, tmp_path / "124M", writer="python")
+    loaded = load_folder(folder, reader="python")
+    torch.testing.assert_close(gptkit_logits_of(loaded), hf_logits(model, IDS), atol=1e-4, rtol=0)
 
 
 def test_openai_folder_gives_gpt2_config_and_its_tokenizer():

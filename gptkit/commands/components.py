@@ -7,13 +7,20 @@ import click
 from gptkit.commands import Command
 
 from gptkit import plugins as plugin_manager
+from gptkit.component_help import describe
 from gptkit.plugins import registry
+from gptkit.tables import aligned
 
 
 @click.command("list", cls=Command)
 @click.argument("kind", required=False)
-def list_components(kind: str | None) -> None:
-    """Registered components (of KIND, or of every kind), with origin and doc."""
+@click.argument("name", required=False)
+def list_components(kind: str | None, name: str | None) -> None:
+    """Registered components (of KIND, or of every kind), with origin and doc; with NAME, that
+    component's parameters: type, default, bounds and doc."""
+    if name is not None:
+        click.echo(describe(registry[kind].get(name)))
+        return
     registries = [registry[kind]] if kind else list(registry)
     for i, reg in enumerate(registries):
         if i:
@@ -30,7 +37,7 @@ def list_components(kind: str | None) -> None:
 @click.command(cls=Command)
 def plugins() -> None:
     """Loaded plugins: entry point, distribution, version, hooks."""
-    for info in plugin_manager.loaded():
-        kind = "built-in" if info.builtin else "third-party"
-        status = f"FAILED: {info.error}" if info.error else ", ".join(info.hooks) or "(no hooks)"
-        click.echo(f"{info.name:<14} {info.distribution} {info.version} ({kind})  {status}")
+    rows = [[info.name, info.distribution, info.version, "(built-in)" if info.builtin else "(third-party)",
+             f"FAILED: {info.error}" if info.error else ", ".join(info.hooks) or "(no hooks)"] for info in plugin_manager.loaded()]
+    for line in aligned(rows):
+        click.echo(line)

@@ -11,7 +11,7 @@ from tqdm import tqdm
 from gptkit.data import split_dataset
 from gptkit.errors import GptkitError
 from gptkit.evaluation import result_line, score_responses
-from gptkit.files import atomic_write_text, read_text
+from gptkit.files import atomic_write_text, read_json
 from gptkit.generation import generate
 from gptkit.plugins import registry
 from gptkit.recipes.pretrain import TRAINING_KEYS
@@ -60,10 +60,7 @@ instruct_recipe.metric_keys = TRAINING_KEYS + ("exact_match", "rouge_l", "judge_
 def read_responses(path: Path) -> list[dict]:
     """The records of a responses.json as this recipe writes it, each with string `output` and
     `model_response`; an error naming the file and record otherwise."""
-    try:
-        records = json.loads(read_text(path))
-    except json.JSONDecodeError as exc:
-        raise GptkitError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    records = read_json(path)
     if not isinstance(records, list):
         raise GptkitError(f"{path}: expected a JSON array of records, as responses.json holds")
     for i, record in enumerate(records):

@@ -30,7 +30,7 @@ from gptkit.plugins import registry
 from gptkit.files import atomic_write_text
 from gptkit.weights import check_tensors
 from gptkit_plugins.openai_tf import tf_bundle
-from gptkit.download import cache_dir, fetch
+from gptkit.download import DownloadError, cache_dir, fetch, offline_hint
 from gptkit.gpt2_files import gpt2_name_map, read_gpt2_json
 
 SIZES = {"gpt2-124M": "124M", "gpt2-355M": "355M", "gpt2-774M": "774M", "gpt2-1558M": "1558M"}
@@ -243,9 +243,12 @@ class OpenAILoader:
         if is_complete(folder):
             return folder
         (folder / COMPLETE).unlink(missing_ok=True)
-        for file in FILES:
-            if not (folder / file).is_file():
-                fetch([f"{base.rstrip('/')}/{size}/{file}" for base in self.base_urls], folder / file)
+        try:
+            for file in FILES:
+                if not (folder / file).is_file():
+                    fetch([f"{base.rstrip('/')}/{size}/{file}" for base in self.base_urls], folder / file)
+        except DownloadError as exc:
+            raise DownloadError(f"{exc}; {offline_hint(f'gptkit download gpt2-{size}', folder)}") from None
         try:
             check_folder(folder, self.reader, read=False)
         except GptkitError as exc:
