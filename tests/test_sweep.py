@@ -277,3 +277,16 @@ def test_hyperband_stops_a_trial_that_falls_behind_at_an_evaluation(tmp_path):
     learns, stalls = state(tmp_path / "runs" / "hyperband")
     assert learns["state"] == "finished" and stalls["state"] == "stopped", (learns, stalls)
     assert stalls["error"].startswith("stopped by hyperband at step") and len(stalls["history"]) < len(learns["history"])
+
+
+def test_a_trial_that_never_started_starts_without_looking_for_a_checkpoint(tmp_path, capsys):
+    """Issue 21, item 11: a fresh trial says nothing of resuming; a trial with a folder resumes it."""
+    from gptkit.sweep import load_sweep
+
+    checked = load_sweep(write(tmp_path, "grid.yaml", GRID), runs_dir=tmp_path / "runs")
+    assert checked.trial_config("trial-001", {"train.lr": 0.001, "model.n_layers": 1}, "offline").run.resume == "none"
+    (checked.folder / "trial-002").mkdir(parents=True)
+    assert checked.trial_config("trial-002", {"train.lr": 0.001, "model.n_layers": 1}, "offline").run.resume == "auto"
+    code, out = sweep(str(tmp_path / "grid.yaml"), "--offline", "--count", "1")
+    assert code == 0, out
+    assert "no checkpoint" not in out + capsys.readouterr().out
