@@ -20,7 +20,7 @@ from typing import Any, Literal
 import attrs
 import tomli_w
 
-from gptkit.config import _fields, _optional_inner, _type_name
+from gptkit.schema import fields_of, optional_inner, type_name
 from gptkit.registry import Entry
 from gptkit.tables import aligned
 
@@ -34,9 +34,9 @@ def describe(entry: Entry) -> str:
         return "\n".join([*lines, "", "parameters: none"])
     comments = field_comments(entry.params)
     rows = [("parameter", "type", "default", "notes")]
-    for field in _fields(entry.params).values():
+    for field in fields_of(entry.params).values():
         notes = [*bounds(field), comments.get(field.name) or _unset_meaning(field)]
-        rows.append((field.name, _type_name(field.type), _default(field), "; ".join(n for n in notes if n)))
+        rows.append((field.name, type_name(field.type), _default(field), "; ".join(n for n in notes if n)))
     if len(rows) == 1:
         return "\n".join([*lines, "", "parameters: none"])
     example = f'{{ name = "{entry.name}", {rows[1][0]} = ... }}'
@@ -66,7 +66,7 @@ def _unset_meaning(field: attrs.Attribute) -> str:
 
 def bounds(field: attrs.Attribute) -> list[str]:
     """What the field's validators accept, in words ('>= 1', 'at least 1 item'), as far as they say."""
-    literal = typing.get_origin(_optional_inner(field.type)[0]) is Literal  # the type already lists the choices
+    literal = typing.get_origin(optional_inner(field.type)[0]) is Literal  # the type already lists the choices
     return [text for v in _validators(field.validator) if (text := _bound(v, literal))]
 
 

@@ -23,7 +23,7 @@ from gptkit.model_config import GPTConfig, size_problems
 from gptkit import plugins
 from gptkit.plugins import registry
 from gptkit.presets import PRESETS, SIZE_KEYS, resolve_preset
-from gptkit.schema import Component, above, at_least, bound, kind, path_field, resolve_path, to_raw, unset
+from gptkit.schema import Component, above, at_least, bound, fields_of, kind, optional_inner, path_field, resolve_path, to_raw, type_name, unset
 from gptkit.suggest import did_you_mean
 
 if sys.version_info >= (3, 11):
@@ -150,36 +150,6 @@ class Config:
 _MISSING = object()
 
 
-def _fields(cls: type) -> dict[str, attrs.Attribute]:
-    attrs.resolve_types(cls)
-    return {f.name: f for f in attrs.fields(cls)}
-
-
-def _optional_inner(tp: Any) -> tuple[Any, bool]:
-    """(X, True) for X | None, else (tp, False)."""
-    if typing.get_origin(tp) in (Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1 and len(typing.get_args(tp)) == 2:
-            return args[0], True
-    return tp, False
-
-
-def _type_name(tp: Any) -> str:
-    inner, optional = _optional_inner(tp)
-    if optional:
-        return _type_name(inner) + " or nothing"
-    origin = typing.get_origin(inner)
-    if origin is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(inner))
-    if origin in (list, tuple):
-        return f"list of {_type_name(typing.get_args(inner)[0])}"
-    if inner is Component:
-        return "a table with a name"
-    if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(inner))
-    return {str: "string", int: "integer", float: "number", bool: "true/false"}.get(inner, getattr(inner, "__name__", str(inner)))
-
-
 def _describe(value: Any) -> str:
     kinds = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array", dict: "table"}
     return f"{kinds.get(type(value), type(value).__name__)} {value!r}"
@@ -193,11 +163,11 @@ class _Structurer:
         self.problems.append(f"{path}: {message}")
 
     def value(self, tp: Any, value: Any, path: str, registry_kind: str | None = None) -> Any:
-        inner, optional = _optional_inner(tp)
+        inner, optional = optional_inner(tp)
         if value is None:
             if optional or tp is Any:
                 return None
-            self.problem(path, f"expected {_type_name(tp)}, got nothing")
+            self.problem(path, f"expected {type_name(tp)}, got nothing")
             return _MISSING
         tp = inner
         if tp is Any:
@@ -239,13 +209,13 @@ class _Structurer:
         return isinstance(tp, type) and isinstance(value, tp)
 
     def wrong(self, tp: Any, value: Any, path: str) -> Any:
-        self.problem(path, f"expected {_type_name(tp)}, got {_describe(value)}")
+        self.problem(path, f"expected {type_name(tp)}, got {_describe(value)}")
         return _MISSING
 
     def attrs_class(self, cls: type, data: Any, path: str, owner: str | None = None) -> Any:
         if not isinstance(data, dict):
             return self.wrong(cls, data, path)
-        fields = _fields(cls)
+        fields = fields_of(cls)
         prefix = f"{path}." if path else ""
         for key in data:
             if key not in fields:
@@ -328,7 +298,7 @@ def show_toml(config: Config) -> str:
                 comments.setdefault(section_field.name, []).append(f"# {field.name}: {field.metadata['doc']}")
             elif isinstance(value, Component):
                 entry = registry[field.metadata["kind"]].get(value.name)
-                for name in _fields(entry.params) if entry.params else {}:
+                for name in fields_of(entry.params) if entry.params else {}:
                     if value.params.get(name) is None:
                         comments.setdefault(f"{section_field.name}.{field.name}", []).append(f"# {name}: unset ({value.name}'s default)")
     lines = []
@@ -355,7 +325,7 @@ def _leaf_type(parts: list[str], raw: dict[str, Any], fill_defaults: bool) -> tu
     node: Any = raw
     field: Any = None
     for depth, part in enumerate(parts):
-        tp, _ = _optional_inner(tp)
+        tp, _ = optional_inner(tp)
         here = ".".join(parts[: depth + 1])
         child_default: Any = None
         field = None
@@ -367,7 +337,7 @@ def _leaf_type(parts: list[str], raw: dict[str, Any], fill_defaults: bool) -> tu
                 kind_ = _component_kind(parts[:depth])
                 if kind_ and isinstance(name, str) and name in registry[kind_]:
                     params_cls = registry[kind_].get(name).params
-                    params = _fields(params_cls) if params_cls else {}
+                    params = fields_of(params_cls) if params_cls else {}
                     if part not in params:
                         takes = ", ".join(params) or "no parameters"
                         return None, f"{here}: unknown key{_near(part, params)} ({kind_} {name!r} takes: {takes})", None
@@ -376,7 +346,7 @@ def _leaf_type(parts: list[str], raw: dict[str, Any], fill_defaults: bool) -> tu
                 else:
                     tp = Any
         elif attrs.has(tp):
-            fields = _fields(tp)
+            fields = fields_of(tp)
             if part not in fields:
                 return None, f"{here}: unknown key{_near(part, fields)} (expected one of: {', '.join(fields)})", None
             field = fields[part]
@@ -386,7 +356,7 @@ def _leaf_type(parts: list[str], raw: dict[str, Any], fill_defaults: bool) -> tu
         elif typing.get_origin(tp) is dict or tp is Any:
             tp = Any
         else:
-            return None, f"{here}: {'.'.join(parts[:depth])} is {_type_name(tp)}, it has no key {part!r}", None
+            return None, f"{here}: {'.'.join(parts[:depth])} is {type_name(tp)}, it has no key {part!r}", None
         if fill_defaults and isinstance(node, dict) and part not in node and depth < len(parts) - 1:
             node[part] = to_raw(child_default) if isinstance(child_default, Component) else {}
         node = node.get(part) if isinstance(node, dict) else None
@@ -397,10 +367,10 @@ def _component_kind(parts: list[str]) -> str | None:
     cls: Any = Config
     field = None
     for part in parts:
-        cls, _ = _optional_inner(cls)
+        cls, _ = optional_inner(cls)
         if not attrs.has(cls):
             return None
-        field = _fields(cls).get(part)
+        field = fields_of(cls).get(part)
         if field is None:
             return None
         cls = field.type
@@ -409,7 +379,7 @@ def _component_kind(parts: list[str]) -> str | None:
 
 def _parse_value(tp: Any, text: str) -> Any:
     """Strings are taken as written; anything else is a TOML literal when it parses as one."""
-    inner, _ = _optional_inner(tp)
+    inner, _ = optional_inner(tp)
     is_text = inner is str or (typing.get_origin(inner) is Literal and all(isinstance(a, str) for a in typing.get_args(inner)))
     if is_text:
         return text
@@ -509,7 +479,7 @@ def _resolve_paths(section: Any, base: Path) -> None:
             for spec in value if isinstance(value, list) else [value]:
                 if isinstance(spec, Component) and spec.name in registry[field.metadata["kind"]]:
                     params_cls = registry[field.metadata["kind"]].get(spec.name).params
-                    for name, param in (_fields(params_cls) if params_cls else {}).items():
+                    for name, param in (fields_of(params_cls) if params_cls else {}).items():
                         how = param.metadata.get("path")
                         if how and isinstance(spec.params.get(name), str):
                             spec.params[name] = resolve_path(spec.params[name], base, how)

@@ -11,8 +11,10 @@ them with every other problem, and direct construction raises the first.
 from __future__ import annotations
 
 import os
+import types
+import typing
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal, Union
 
 import attrs
 
@@ -113,3 +115,38 @@ def flatten(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+# --- types in words -------------------------------------------------------------------------------
+
+
+def fields_of(cls: type) -> dict[str, attrs.Attribute]:
+    """An attrs class's fields by name, their types resolved."""
+    attrs.resolve_types(cls)
+    return {f.name: f for f in attrs.fields(cls)}
+
+
+def optional_inner(tp: Any) -> tuple[Any, bool]:
+    """(X, True) for X | None, else (tp, False)."""
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return args[0], True
+    return tp, False
+
+
+def type_name(tp: Any) -> str:
+    """A field type in words, as config errors and `gptkit list KIND NAME` say it."""
+    inner, optional = optional_inner(tp)
+    if optional:
+        return type_name(inner) + " or nothing"
+    origin = typing.get_origin(inner)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(inner))
+    if origin in (list, tuple):
+        return f"list of {type_name(typing.get_args(inner)[0])}"
+    if inner is Component:
+        return "a table with a name"
+    if origin in (Union, types.UnionType):
+        return " or ".join(type_name(a) for a in typing.get_args(inner))
+    return {str: "string", int: "integer", float: "number", bool: "true/false"}.get(inner, getattr(inner, "__name__", str(inner)))
