@@ -35,6 +35,7 @@ from gptkit.interfaces import Context
 from gptkit.interrupts import interrupts_deferred
 from gptkit.plugins import GptkitWarning, registry
 from gptkit.runs import resolve_device, run as run_config
+from gptkit.serve import run_server
 from gptkit.sources import load_model, load_model_and_prompt, load_source
 from gptkit.sweep import is_offline, load_sweep, run_offline, run_online
 from gptkit.version import __version__
@@ -430,6 +431,24 @@ def chat(source, format_name, max_new_tokens, sampler, temperature, top_k, top_p
             response = tokenizer.decode(completion.new_ids)
             click.echo(response.strip().replace("\n", " "))
         conversation.add(instruction, response)
+
+
+@cli.command()
+@click.argument("source")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on; the default takes connections from this machine only.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--max-batch", type=click.IntRange(min=1), default=32, show_default=True, help="Requests decoded together at most; others wait their turn.")
+@click.option("--model-name", help="The model id clients send and /v1/models lists (default: SOURCE as given).")
+@click.option("--prompt-format", "format_name", help="The prompt format of /v1/chat/completions. Default: the one the model was fine-tuned with.")
+@click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
+@device_options
+def serve(source, host, port, max_batch, model_name, format_name, dtype, device, threads) -> None:
+    """Serve SOURCE over OpenAI's API (/v1/completions, /v1/chat/completions, /v1/models, /health),
+    decoding concurrent requests together (see gptkit.serve). Needs the serve extra."""
+    if threads:
+        torch.set_num_threads(threads)
+    run_server(source, host=host, port=port, max_batch=max_batch, model_id=model_name, format_name=format_name,
+               device=resolve_device(device), dtype=torch.bfloat16 if dtype == "bf16" else None)
 
 
 def _stdin_prompt() -> str:
