@@ -384,7 +384,8 @@ class DecodingRows:
     `positions` count each row's own tokens, so a row gets the tokens it would get alone, whatever
     rows share its steps. Adding or dropping rows copies the caches once into new buffers (dropping
     the columns no row needs any more); steps write one column in place, the buffers growing by
-    doubling. Rows must stay within the context; run it under torch.no_grad() with the model in eval mode.
+    doubling. Rows must stay within the context; the attention must support the KV cache; run it
+    under torch.no_grad() with the model in eval mode.
     """
 
     def __init__(self, model):

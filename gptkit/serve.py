@@ -34,7 +34,7 @@ import torch
 from gptkit.config import Component
 from gptkit.conversation import fit_conversation
 from gptkit.errors import GptkitError
-from gptkit.generation import DecodingRows, TextDecoder, build_sampler, make_generator, packed_linears
+from gptkit.generation import DecodingRows, TextDecoder, build_sampler, make_generator, packed_linears, supports_kv_cache
 from gptkit.interfaces import Context, PromptFormat, Tokenizer
 from gptkit.plugins import registry
 from gptkit.sources import load_model_and_prompt
@@ -128,6 +128,9 @@ class Engine:
     An error inside the loop fails the jobs in flight (with the message) and the engine goes on."""
 
     def __init__(self, model, *, max_batch: int):
+        if not supports_kv_cache(model):
+            raise GptkitError(f"serving decodes through the KV cache, which the attention {model.config.attention.name!r} "
+                              "does not support (supports_kv_cache = False)")
         self.model, self.max_batch = model, max_batch
         self.waiting: queue.Queue[Job | None] = queue.Queue()
         self.thread = threading.Thread(target=self._run, name="gptkit-serve-engine", daemon=True)

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import gptkit
+import gptkit.errors
 from gptkit.checkpoint import save_model
 from gptkit.config import Component
 from gptkit.conversation import fit_conversation, render
@@ -286,6 +287,21 @@ def test_a_client_that_leaves_mid_stream_frees_its_row(recording_server):
     assert client.completions.create(model="tiny", prompt="Hi", max_tokens=3, temperature=0).usage.completion_tokens == 3
     assert len(steps) < 60  # the abandoned request did not decode its 120 tokens
     assert steps[-1] == 1  # the last request decoded alone
+
+
+def test_an_attention_without_the_kv_cache_cannot_be_served():
+    from gptkit_plugins.attention import CausalSelfAttention, sdpa_kernel
+
+    class NoCache(CausalSelfAttention):
+        supports_kv_cache = False
+
+    registry.attention.register("test.nocache", lambda config: NoCache(config, sdpa_kernel), doc="test")
+    try:
+        model = GPT(GPTConfig(vocab_size=257, context_length=32, emb_dim=16, n_heads=2, n_layers=1, attention=Component("test.nocache")))
+        with pytest.raises(gptkit.errors.GptkitError, match="the attention 'test.nocache' does not support"):
+            serve.Engine(model, max_batch=2)
+    finally:
+        registry.attention.unregister("test.nocache")
 
 
 def test_job_stops_at_end_of_text_and_holds_back_a_possible_stop_string():
