@@ -59,7 +59,10 @@ class GptkitLM(TemplateLM):
             raise GptkitError("no tokenizer comes with this model")
         check_vocab(model.config, tokenizer, str(pretrained or "the model"))
         self.model, self.tokenizer, self.max_gen_toks = model.eval(), tokenizer, int(max_gen_toks)
-        self.batch_size = int(batch_size)  # lm-eval passes model_args as text
+        try:
+            self.batch_size = int(batch_size)  # lm-eval passes model_args as text
+        except ValueError:
+            raise GptkitError(f"batch_size={batch_size!r}: give a number of requests (the gptkit model picks none itself)") from None
         self._device = next(model.parameters()).device
 
     @property

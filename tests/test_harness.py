@@ -138,6 +138,19 @@ def test_the_long_text_takes_several_rolling_windows(setup):
     assert len(tokenizer.encode(TEXTS[0])) > 2 * model.config.context_length
 
 
+def test_lm_evals_registry_builds_the_model_from_its_arguments(setup):
+    from lm_eval.api.registry import get_model
+
+    from gptkit.errors import GptkitError
+
+    source, _, _ = setup
+    lm = get_model("gptkit").create_from_arg_string(f"pretrained={source},batch_size=2", {"device": "cpu"})
+    assert isinstance(lm, GptkitLM) and lm.batch_size == 2 and lm.max_length == 64
+    assert lm.loglikelihood_rolling([type("Request", (), {"args": ("Every effort moves you",)})()])[0] < 0
+    with pytest.raises(GptkitError, match="batch_size='auto'"):
+        get_model("gptkit").create_from_arg_string(f"pretrained={source},batch_size=auto")
+
+
 def gptkit_eval(*args):
     return subprocess.run([sys.executable, "-m", "gptkit", "eval", *args], capture_output=True, text=True, timeout=600,
                           env={**os.environ, **OFFLINE})
