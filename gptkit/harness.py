@@ -141,7 +141,9 @@ class GptkitLM(TemplateLM):
 
     @torch.inference_mode()
     def _generate(self, contexts: list[list[int]], max_new_tokens: int, sampler, until: list[str]) -> list[str]:
-        """Each context's completion, decoded together, stopping early once every row has met a stop string."""
+        """Each context's completion, decoded together, stopping early once every row has met a stop
+        string (an empty one, what end-of-text decodes to with some tokenizers, is no stop)."""
+        until = [s for s in until if s]
         generation = Generation(self.model, contexts, max_new_tokens=max_new_tokens, sampler=sampler, eos_id=self.eot_token_id)
         decoders, texts = [TextDecoder(self.tokenizer) for _ in contexts], [""] * len(contexts)
         steps = iter(generation)

@@ -151,6 +151,24 @@ def test_lm_evals_registry_builds_the_model_from_its_arguments(setup):
         get_model("gptkit").create_from_arg_string(f"pretrained={source},batch_size=auto")
 
 
+def test_generation_with_a_tokenizer_whose_end_of_text_decodes_to_nothing():
+    """The byte tokenizer decodes end-of-text to "": lm-eval then has an empty stop string, which
+    must not end the generation at once."""
+    import gptkit
+    from gptkit.config import Component
+    from gptkit.interfaces import Context
+    from gptkit.plugins import registry
+    from tinymodel import tiny_gpt
+
+    model, tokenizer = tiny_gpt(), registry.tokenizer.build(Component("bytes"), Context())
+    lm = GptkitLM(model=model, tokenizer=tokenizer, batch_size=2)
+    requests = [type("Request", (), {"args": (context, {"until": ["q"], "max_gen_toks": 20, "do_sample": False})})()
+                for context in ("Hello", "A longer context")]
+    answers = lm.generate_until(requests)
+    expected = [gptkit.generate(model, tokenizer, r.args[0], max_new_tokens=20).split("q")[0] for r in requests]
+    assert answers == expected and all(answers)
+
+
 def gptkit_eval(*args):
     return subprocess.run([sys.executable, "-m", "gptkit", "eval", *args], capture_output=True, text=True, timeout=600,
                           env={**os.environ, **OFFLINE})
