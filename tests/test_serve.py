@@ -125,6 +125,19 @@ def test_chat_renders_the_conversation_in_the_models_prompt_format(client, model
     assert all(c.object == "chat.completion.chunk" for c in chunks)
 
 
+def test_streams_are_server_sent_events_ending_with_done(server):
+    import httpx
+
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5, "temperature": 0, "stream": True}
+    with httpx.stream("POST", server[0] + "/v1/chat/completions", json=body) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = [line for line in response.iter_lines() if line]
+    assert all(line.startswith("data: ") for line in events) and events[-1] == "data: [DONE]"
+    chunks = [json.loads(line.removeprefix("data: ")) for line in events[:-1]]
+    assert {c["object"] for c in chunks} == {"chat.completion.chunk"} and len({c["id"] for c in chunks}) == 1
+    assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length") and chunks[-1]["choices"][0]["delta"] == {}
+
+
 def test_chat_drops_the_oldest_turns_that_do_not_fit(client, model_folder):
     _, tokenizer = gptkit.load_model(model_folder)
     alpaca = registry.prompt.build(Component("alpaca"), Context())
