@@ -20,7 +20,7 @@ import warnings
 import click
 
 from gptkit import plugins
-from gptkit.commands import chat, components, config, evaluate, experiments, generate, models, run, sweep
+from gptkit.commands import chat, components, config, evaluate, experiments, generate, models, run, serve, sweep
 from gptkit.errors import GptkitError, GptkitWarning, RunInterrupted
 from gptkit.interrupts import interrupts_deferred
 from gptkit.version import __version__
@@ -83,7 +83,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 for command in (run.run, components.list_components, components.plugins, config.config, sweep.sweep, experiments.experiments,
-                models.download, models.export, generate.generate, chat.chat, evaluate.eval_command):
+                models.download, models.export, generate.generate, chat.chat, serve.serve, evaluate.eval_command):
     cli.add_command(command)
 
 

@@ -201,6 +201,19 @@ def cuda_graphed(step: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]
     return replay
 
 
+def left_pad(prompts: Sequence[Sequence[int]], total: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Prompts left-padded to the longest, in [B, total] ids (the columns after them left for new
+    tokens); positions counting from each row's first real token (0 on padding); and the mask of
+    real tokens, True from each row's first real token on (new tokens included)."""
+    width = max(len(p) for p in prompts)
+    ids = torch.zeros(len(prompts), total, dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt) : width] = torch.as_tensor(prompt, dtype=torch.long)
+    first = torch.tensor([width - len(p) for p in prompts], device=device)[:, None]
+    columns = torch.arange(total, device=device)[None, :]
+    return ids.to(device), (columns - first).clamp(min=0), columns >= first
+
+
 @torch.no_grad()
 def decode_steps(
     model,
@@ -236,15 +249,8 @@ def decode_steps(
     width, total = max(lengths), max(lengths) + steps
     if total > model.config.context_length:
         raise ValueError(f"{total} tokens do not fit the context of {model.config.context_length}")
-    ids = torch.zeros(len(prompts), total, dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt) : width] = torch.as_tensor(prompt, dtype=torch.long)
-    ids = ids.to(device)
-    # Column c of row r holds that row's token number c - first[r] (its position); padding before.
-    first = torch.tensor([width - n for n in lengths], device=device)[:, None]
-    columns = torch.arange(total, device=device)[None, :]
-    positions = (columns - first).clamp(min=0)
-    padding_mask = columns >= first if min(lengths) < width else None
+    ids, positions, real = left_pad(prompts, total, device)
+    padding_mask = real if min(lengths) < width else None
 
     def forward(start: int, end: int, caches, run=model) -> torch.Tensor:
         mask = padding_mask[:, :end] if padding_mask is not None else None
@@ -257,7 +263,8 @@ def decode_steps(
         # The step's inputs live in these buffers, moved in place between steps.
         slot = torch.zeros(1, dtype=torch.long, device=device)
         token, position = ids[:, :1].clone(), positions[:, :1].clone()
-        visible = (columns >= first) & (columns < width)  # True on real tokens written so far
+        visible = real.clone()  # True on real tokens written so far
+        visible[:, width:] = False
         caches = [StaticKVCache(total, slot) for _ in model.blocks]
         static_step = _compiled(model, static=True) if compile else functools.partial(decode_step, model)
         step = functools.partial(static_step, token, position, caches, visible)
@@ -364,6 +371,99 @@ class Generation:
 def generate_ids(model, prompts: Sequence[Sequence[int]], **kwargs) -> list[Completion]:
     """Generate after each prompt (token ids) as one batch; kwargs as `Generation`."""
     return Generation(model, prompts, **kwargs).run()
+
+
+class DecodingRows:
+    """Rows decoding together while others join and leave between steps: the KV cache of continuous
+    batching (gptkit.serve).
+
+    `add(prompts)` runs new prompts once (one left-padded forward) and returns their next-token
+    logits; `step(tokens)` feeds one token to every row and returns the next logits; `keep(rows)`
+    drops the other rows. Each block's `KVCache` holds the rows right-aligned: every row's newest
+    token is in the same column, a shorter row is padded on the left (hidden by `padding_mask`) and
+    `positions` count each row's own tokens, so a row gets the tokens it would get alone, whatever
+    rows share its steps. Adding or dropping rows copies the caches once into new buffers (dropping
+    the columns no row needs any more); steps write one column in place, the buffers growing by
+    doubling. Rows must stay within the context; the attention must support the KV cache; run it
+    under torch.no_grad() with the model in eval mode.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.lengths: list[int] = []  # tokens of each row so far
+        self.caches: list[KVCache] = []  # one per block, every row ending at column `caches[i].length`
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def width(self) -> int:
+        return self.caches[0].length if self.caches else 0
+
+    def add(self, prompts: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Prefill `prompts` as new rows, after the current ones: their next-token logits [len(prompts), V] (fp32)."""
+        if not prompts or min(len(p) for p in prompts) == 0:
+            raise ValueError("every new row needs at least one token")
+        width = max(len(p) for p in prompts)
+        if width > self.model.config.context_length:
+            raise ValueError(f"a prompt of {width} tokens does not fit the context of {self.model.config.context_length}")
+        ids, positions, real = left_pad(prompts, width, next(self.model.parameters()).device)
+        caches = [KVCache(width) for _ in self.model.blocks]
+        mask = real if min(len(p) for p in prompts) < width else None
+        logits = self.model(ids, positions=positions, kv_caches=caches, padding_mask=mask, last_only=True)[:, -1].float()
+        pieces = [[(c.keys, c.values)] for c in caches]
+        if self.caches:
+            pieces = [[(old.keys[:, :, : old.length], old.values[:, :, : old.length]), *new] for old, new in zip(self.caches, pieces)]
+        self.lengths += [len(p) for p in prompts]
+        self._rebuild(pieces)
+        return logits
+
+    def keep(self, rows: Sequence[int]) -> None:
+        """Keep only `rows` (indices into the current rows, in the order given)."""
+        rows = list(rows)
+        if rows == list(range(len(self))):
+            return
+        self.lengths = [self.lengths[i] for i in rows]
+        if not rows:
+            self.caches = []
+            return
+        index = torch.tensor(rows, device=self.caches[0].keys.device)
+        self._rebuild([[(c.keys[index, :, : c.length], c.values[index, :, : c.length])] for c in self.caches])
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed one token per row (`tokens` [B]): the next-token logits [B, V] (fp32)."""
+        if max(self.lengths) >= self.model.config.context_length:
+            raise ValueError(f"a row holds {max(self.lengths)} tokens: the context of {self.model.config.context_length} is full")
+        if self.width == self.caches[0].max_length:
+            self._rebuild([[(c.keys[:, :, : c.length], c.values[:, :, : c.length])] for c in self.caches])
+        device = tokens.device
+        lengths = torch.tensor(self.lengths, device=device)[:, None]
+        columns = torch.arange(self.width + 1, device=device)[None, :]
+        mask = columns >= self.width - lengths if min(self.lengths) < self.width else None
+        logits = decode_step(self.model, tokens[:, None], lengths, self.caches, mask)
+        self.lengths = [n + 1 for n in self.lengths]
+        return logits
+
+    def _rebuild(self, pieces: list[list[tuple[torch.Tensor, torch.Tensor]]]) -> None:
+        """New caches stacking each layer's (keys, values) pieces [b, H, w, D] on the rows, right-aligned
+        at the longest row, with room to grow: a piece's columns before that are padding for every row."""
+        width = max(self.lengths)
+        capacity = min(self.model.config.context_length, max(2 * width, width + 16))
+        caches = []
+        for layer in pieces:
+            keys, values = layer[0]
+            cache = KVCache(capacity)
+            cache.keys = keys.new_zeros(len(self), keys.shape[1], capacity, keys.shape[3])
+            cache.values = values.new_zeros(len(self), values.shape[1], capacity, values.shape[3])
+            row = 0
+            for keys, values in layer:
+                n, w = keys.shape[0], min(keys.shape[2], width)
+                cache.keys[row : row + n, :, width - w : width] = keys[:, :, keys.shape[2] - w :]
+                cache.values[row : row + n, :, width - w : width] = values[:, :, values.shape[2] - w :]
+                row += n
+            cache.length = width
+            caches.append(cache)
+        self.caches = caches
 
 
 class TextDecoder:

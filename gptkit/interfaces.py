@@ -93,7 +93,9 @@ class Sampler(Protocol):
 
 @runtime_checkable
 class PromptFormat(Protocol):
-    """A record (dict) -> (prompt text, response text)."""
+    """A record (dict) -> (prompt text, response text). Optionally `conversation(turns, instruction)
+    -> prompt text`: a multi-turn chat's prompt after earlier (instruction, response) turns (see
+    gptkit.conversation for what is done without it)."""
 
     def __call__(self, record: dict[str, Any]) -> tuple[str, str]: ...
 

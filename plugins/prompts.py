@@ -1,8 +1,27 @@
 """Prompt formats: a record {instruction, input, output} -> (prompt text, response text).
 
 The model is trained on prompt + response and, at inference, continues the prompt. `input` may be
-missing or empty: then its part is left out. Chat builds the prompt of a user's message with
-`fmt({"instruction": text, "input": "", "output": ""})[0]`.
+missing or empty: then its part is left out.
+
+Chat (`gptkit chat`, `gptkit serve`'s /v1/chat/completions) is multi-turn: `conversation(turns,
+instruction)` writes the earlier (instruction, response) turns as the format writes a record, each
+response followed by `next_turn` (the format's instruction header) instead of the whole `before`
+again, then the new instruction and the response marker. Alpaca, with one earlier turn:
+
+    Below is an instruction that describes a task. Write a response that appropriately completes the request.
+
+    ### Instruction:
+    {first instruction}
+
+    ### Response:
+    {first response}
+
+    ### Instruction:
+    {new instruction}
+
+    ### Response:
+
+With no earlier turn it is the record's prompt, as the model was trained on.
 
 - `alpaca`: the Alpaca template of the original ch07 script; prompt + response is byte for byte
   its `format_input(entry) + "\\n\\n### Response:\\n" + entry["output"]`.
@@ -14,7 +33,7 @@ missing or empty: then its part is left out. Chat builds the prompt of a user's 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import attrs
 
@@ -23,12 +42,14 @@ from gptkit import hookimpl
 
 @attrs.frozen
 class PromptTemplate:
-    """prompt = before + instruction [+ input_separator + input] + response_marker; response = output."""
+    """prompt = before + instruction [+ input_separator + input] + response_marker; response = output.
+    In a conversation, `next_turn` goes between a response and the next instruction."""
 
     name: str
     before: str
     input_separator: str
     response_marker: str
+    next_turn: str
 
     def request(self, record: dict[str, Any]) -> str:
         """The instruction and input, without the response marker (the original's `format_input`)."""
@@ -40,6 +61,13 @@ class PromptTemplate:
     def __call__(self, record: dict[str, Any]) -> tuple[str, str]:
         return self.request(record) + self.response_marker, record.get("output", "")
 
+    def conversation(self, turns: Sequence[tuple[str, str]], instruction: str) -> str:
+        """The prompt of `instruction` after the earlier (instruction, response) `turns`."""
+        text = self.before
+        for asked, answered in turns:
+            text += asked + self.response_marker + answered + self.next_turn
+        return text + instruction + self.response_marker
+
 
 ALPACA = PromptTemplate(
     "alpaca",
@@ -47,9 +75,10 @@ ALPACA = PromptTemplate(
     "\n\n### Instruction:\n",
     input_separator="\n\n### Input:\n",
     response_marker="\n\n### Response:\n",
+    next_turn="\n\n### Instruction:\n",
 )
-PHI3 = PromptTemplate("phi3", before="<|user|>\n", input_separator="\n", response_marker="\n<|assistant|>\n")
-COMPACT = PromptTemplate("compact", before="", input_separator="\n", response_marker="\n=")
+PHI3 = PromptTemplate("phi3", before="<|user|>\n", input_separator="\n", response_marker="\n<|assistant|>\n", next_turn="\n<|user|>\n")
+COMPACT = PromptTemplate("compact", before="", input_separator="\n", response_marker="\n=", next_turn="\n")
 
 
 @hookimpl

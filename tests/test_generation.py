@@ -10,6 +10,7 @@ import torch
 import gptkit
 from gptkit.errors import GptkitError
 from gptkit.generation import (
+    DecodingRows,
     Generation,
     KVCache,
     StaticKVCache,
@@ -278,3 +279,49 @@ def test_attention_without_static_cache_support_keeps_the_growing_cache():
         assert [c.new_ids for c in ours] == [c.new_ids for c in generate_ids(reference, PROMPTS, max_new_tokens=20, sampler=greedy)]
     finally:
         registry.attention.unregister("test.growing")
+
+
+# Rows of a continuous batch: (step, event) -> names of the rows that join before it / leave after it.
+JOINING = {0: ["a"], 3: ["b", "c"], 9: ["d"], 30: ["e", "f"]}
+LEAVING = {7: ["a"], 12: ["c"], 29: ["b", "d"], 40: ["f"]}
+ROW_PROMPTS = dict(a=PROMPTS[0], b=PROMPTS[2], c=PROMPTS[1], d=PROMPTS[3], e=[9] * 30, f=[4, 4])
+
+
+@pytest.mark.parametrize("attention", cached_attentions())
+def test_rows_joining_and_leaving_get_the_tokens_they_get_alone(attention):
+    """Rows join (longer and shorter than the rows decoding), leave, the batch empties and fills again,
+    and the buffers grow: each row's greedy tokens are those of the row generated alone."""
+    model = tiny_gpt(attention)
+    rows, active, logits = DecodingRows(model), [], None
+    tokens_of = {name: [] for name in ROW_PROMPTS}
+    with torch.no_grad():
+        for step in range(50):
+            if step in JOINING:
+                new = rows.add([ROW_PROMPTS[name] for name in JOINING[step]])
+                logits = new if logits is None else torch.cat([logits, new])
+                active += JOINING[step]
+            tokens = greedy(logits)
+            for name, token in zip(active, tokens.tolist()):
+                tokens_of[name].append(token)
+            kept = [i for i, name in enumerate(active) if name not in LEAVING.get(step, [])]
+            rows.keep(kept)
+            active, tokens = [active[i] for i in kept], tokens[kept]
+            assert rows.lengths == [len(ROW_PROMPTS[n]) + len(tokens_of[n]) - 1 for n in active]
+            assert rows.width == max(rows.lengths, default=0)  # no column that every row pads
+            logits = rows.step(tokens) if active else None
+    assert [len(tokens_of[n]) for n in "abcdef"] == [8, 27, 10, 21, 20, 11]
+    for name, prompt in ROW_PROMPTS.items():
+        (alone,) = generate_ids(model, [prompt], max_new_tokens=len(tokens_of[name]), sampler=greedy)
+        assert tokens_of[name] == alone.new_ids, name
+
+
+def test_rows_refuse_to_pass_the_context():
+    model = tiny_gpt(context_length=8)
+    rows = DecodingRows(model)
+    with pytest.raises(ValueError, match="does not fit the context"):
+        rows.add([[1] * 9])
+    with torch.no_grad():
+        rows.add([[1] * 7])
+        rows.step(torch.tensor([2]))
+        with pytest.raises(ValueError, match="context of 8 is full"):
+            rows.step(torch.tensor([3]))

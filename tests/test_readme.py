@@ -4,6 +4,9 @@ experiments (with ../shared beside it as in CI).
 Every line of a ```bash block and every ```python block runs, except the exemptions below, each
 with its reason. Long runs get the listed overrides appended. OpenAI's weights come from a
 127.0.0.1 server that serves a small checkpoint in OpenAI's layout under every size's name.
+A bash line ending in ` &` starts a server (`gptkit serve ... --port N &`): it runs in the
+background, the next step waits until its /health answers on port N, and it is stopped after the
+README's last step.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -72,7 +76,7 @@ def bash_lines(block: str) -> list[str]:
 
 
 def steps() -> list[tuple[str, str]]:
-    """("bash" | "python" | "skip", text) in README order."""
+    """("bash" | "background" | "python" | "skip", text) in README order."""
     out = []
     for language, block in readme_blocks():
         if language == "bash":
@@ -82,7 +86,10 @@ def steps() -> list[tuple[str, str]]:
                     out.append(("skip", f"{command}  ({reason})"))
                     continue
                 extra = next((args for key, args in SHORTENED.items() if key in command), [])
-                out.append(("bash", " ".join([command, *extra])))
+                if command.endswith(" &"):
+                    out.append(("background", command.removesuffix(" &")))
+                else:
+                    out.append(("bash", " ".join([command, *extra])))
         elif language == "python":
             kept = [line for line in block.splitlines() if not any(key in line for key in EXEMPT_PYTHON)]
             out.append(("python", "\n".join(kept)))
@@ -118,11 +125,46 @@ def workspace(tmp_path):
         yield repo, env
 
 
+def start_server(command: str, repo: Path, env: dict) -> subprocess.Popen:
+    """`command` running in the background, once its /health answers on its --port."""
+    import httpx
+
+    port = int(re.search(r"--port (\d+)", command).group(1))
+    log = open(repo / f"server-{port}.log", "w+")
+    server = subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            log.seek(0)
+            pytest.fail(f"README server did not come up:\n{command}\n--- output\n{log.read()[-3000:]}")
+        time.sleep(0.2)
+
+
 def test_readme_commands_run_as_written(workspace):
     repo, env = workspace
+    ran, servers = 0, []
+    try:
+        ran = run_steps(repo, env, servers)
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait(timeout=60)
+    assert ran >= 15
+
+
+def run_steps(repo: Path, env: dict, servers: list) -> int:
     ran = 0
     for kind, text in steps():
         if kind == "skip":
+            continue
+        if kind == "background":
+            servers.append(start_server(text, repo, env))
             continue
         if kind == "bash":
             result = subprocess.run(["bash", "-c", f"set -o pipefail; {text}"], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
@@ -130,4 +172,4 @@ def test_readme_commands_run_as_written(workspace):
             result = subprocess.run([sys.executable, "-c", text], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, f"README {kind} failed:\n{text}\n--- stdout\n{result.stdout[-3000:]}\n--- stderr\n{result.stderr[-3000:]}"
         ran += 1
-    assert ran >= 15
+    return ran

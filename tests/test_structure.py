@@ -12,7 +12,8 @@ import pytest
 
 from conftest import ROOT
 
-LAZY_ALLOWED = {"tensorflow", "transformers", "wandb", "huggingface_hub", "crc32c", "google_crc32c", "rouge_score", "sweeps", "yaml"}  # heavy or optional
+LAZY_ALLOWED = {"tensorflow", "transformers", "wandb", "huggingface_hub", "crc32c", "google_crc32c", "rouge_score", "sweeps", "yaml",
+                "fastapi", "starlette", "uvicorn", "lm_eval"}  # heavy or optional
 # Parts of torch that take about a second to import and only distributed training needs.
 LAZY_TORCH = ("torch.distributed.run", "torch.distributed.elastic", "torch.distributed.checkpoint", "torch.distributed.fsdp", "torch.nn.parallel", "torch.utils.checkpoint")
 

@@ -25,11 +25,14 @@ from gptkit.plugins import registry
 @sampling_options
 @device_options
 def chat(source, format_name, max_new_tokens, sampler, temperature, top_k, top_p, seed, device, threads) -> None:
-    """Talk to an instruction-tuned model SOURCE in its prompt format, one instruction at a time.
+    """Talk to an instruction-tuned model SOURCE in its prompt format: each instruction is answered
+    after the conversation so far (the oldest turns dropped when it outgrows the context).
 
-    In a terminal: type an instruction, read the answer as it is generated; /exit (or Ctrl-D) ends.
-    With stdin not a terminal, each input line is one instruction and gets one answer line.
+    In a terminal: type an instruction, read the answer as it is generated; /reset starts a new
+    conversation, /exit (or Ctrl-D) ends. With stdin not a terminal, each input line is one
+    instruction (or /reset) and each instruction gets one answer line.
     """
+    from gptkit.conversation import Conversation
     from gptkit.generation import stream_text, text_generation
     from gptkit.sources import load_model_and_prompt
 
@@ -38,9 +41,10 @@ def chat(source, format_name, max_new_tokens, sampler, temperature, top_k, top_p
         raise GptkitError(f"{source}: the model records no prompt format (it was not instruction-tuned by gptkit); name one with --prompt-format")
     spec = Component(format_name) if format_name else saved_format
     prompt_format = registry.prompt.build(spec, Context(tokenizer=tokenizer))
+    conversation = Conversation(prompt_format, tokenizer, context_length=model.config.context_length, room=max_new_tokens)
     interactive = sys.stdin.isatty()
     if interactive:
-        click.echo(f"chatting with {source} in the {spec.name!r} prompt format; /exit to end", err=True)
+        click.echo(f"chatting with {source} in the {spec.name!r} prompt format; /reset starts over, /exit ends", err=True)
     while True:
         try:
             line = input("> ") if interactive else sys.stdin.readline()
@@ -51,17 +55,25 @@ def chat(source, format_name, max_new_tokens, sampler, temperature, top_k, top_p
         instruction = line.strip()
         if instruction in ("/exit", "/quit"):
             break
+        if instruction == "/reset":
+            conversation.reset()
+            click.echo("(a new conversation)", err=True)
+            continue
         if not instruction:
             continue
-        prompt, _ = prompt_format({"instruction": instruction, "input": "", "output": ""})
         generation = text_generation(
-            model, tokenizer, [prompt], max_new_tokens=max_new_tokens, sampler=sampler, temperature=temperature,
-            top_k=top_k, top_p=top_p, seed=seed,
+            model, tokenizer, [conversation.prompt(instruction)], max_new_tokens=max_new_tokens, sampler=sampler,
+            temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
         )
         if interactive:
+            pieces = []
             for piece in stream_text(generation, tokenizer):
+                pieces.append(piece)
                 click.echo(piece, nl=False)
             click.echo()
+            response = "".join(pieces)
         else:
             (completion,) = generation.run()
-            click.echo(tokenizer.decode(completion.new_ids).strip().replace("\n", " "))
+            response = tokenizer.decode(completion.new_ids)
+            click.echo(response.strip().replace("\n", " "))
+        conversation.add(instruction, response)

@@ -1,5 +1,6 @@
-"""`gptkit eval`: a model's loss and perplexity on a text (the evaluate recipe's measure), or the
-scores of an existing responses.json (the instruct recipe's scorers)."""
+"""`gptkit eval`: a model's loss and perplexity on a text (the evaluate recipe's measure), the
+scores of an existing responses.json (the instruct recipe's scorers), or lm-evaluation-harness
+tasks on a model (gptkit.harness)."""
 
 from __future__ import annotations
 
@@ -18,16 +19,29 @@ from gptkit.interfaces import Context
 @click.argument("source", required=False)
 @click.option("--text", "text_file", type=click.Path(dir_okay=False), help="UTF-8 text file to score (needs SOURCE).")
 @click.option("--responses", "responses_file", type=click.Path(dir_okay=False), help="Re-score a responses.json (no model needed).")
+@click.option("--harness", "harness_tasks", metavar="TASK[,TASK]", help="Run lm-evaluation-harness tasks on SOURCE's model (needs the eval extra).")
 @click.option("--scorer", "scorer_names", multiple=True,
               help="With --responses: a registered scorer (repeat). Default: the [eval] scorers of the config.toml beside the file, else exact-match.")
 @click.option("--stride", type=int, help="Window stride in tokens for texts longer than the context (default: the context).")
+@click.option("--tasks-path", "tasks_paths", multiple=True, type=click.Path(file_okay=False),
+              help="With --harness: a folder of lm-eval task YAML files, whose tasks --harness can then name (repeat).")
+@click.option("--limit", type=click.IntRange(min=1), help="With --harness: at most N documents per task.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="With --harness: requests scored or generated together (default 8).")
 @device_options
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (loss, perplexity, tokens; or the scores).")
-def eval_command(source, text_file, responses_file, scorer_names, stride, device, threads, as_json) -> None:
-    """Loss and perplexity of SOURCE's model on a text (--text; no token prepended), or the scores
-    of an existing responses.json (--responses), as the instruct recipe writes them."""
-    if (text_file is None) == (responses_file is None):
-        raise GptkitError("give one of --text FILE (with SOURCE) or --responses FILE")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (loss, perplexity, tokens; the scores; or lm-eval's results).")
+def eval_command(source, text_file, responses_file, harness_tasks, scorer_names, stride, tasks_paths, limit, batch_size, device, threads, as_json) -> None:
+    """Loss and perplexity of SOURCE's model on a text (--text; no token prepended), the scores of
+    an existing responses.json (--responses), as the instruct recipe writes them, or lm-eval-harness
+    tasks on SOURCE's model (--harness; prints lm-eval's results table)."""
+    if sum(option is not None for option in (text_file, responses_file, harness_tasks)) != 1:
+        raise GptkitError("give one of --text FILE (with SOURCE), --responses FILE or --harness TASK[,TASK] (with SOURCE)")
+    if harness_tasks is None and (tasks_paths or limit or batch_size):
+        raise GptkitError("--tasks-path, --limit and --batch-size go with --harness")
+    if harness_tasks is not None:
+        if source is None:
+            raise GptkitError("--harness needs the SOURCE whose model to evaluate")
+        harness_eval(source, harness_tasks.split(","), tasks_paths, limit, batch_size, use_device(device, threads), as_json)
+        return
     if responses_file is not None:
         rescore(Path(responses_file), scorer_names, as_json)
         return
@@ -46,6 +60,22 @@ def eval_command(source, text_file, responses_file, scorer_names, stride, device
         click.echo(json.dumps(result))
     else:
         click.echo(f"loss {result['loss']:.4f}  perplexity {result['perplexity']:.2f}  ({result['tokens']} tokens predicted)")
+
+
+def harness_eval(source, tasks: list[str], tasks_paths, limit, batch_size, device, as_json: bool) -> None:
+    """lm-eval's tasks on SOURCE's model through gptkit.harness, which needs the eval extra."""
+    from gptkit.sources import load_model
+
+    try:
+        from gptkit.harness import GptkitLM, evaluate, results_json, results_table
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] != "lm_eval":
+            raise
+        raise GptkitError("--harness needs the eval extra (lm-evaluation-harness): pip install 'gptkit[eval]'") from None
+    model, tokenizer = load_model(source, device=device)
+    lm = GptkitLM(source, model=model, tokenizer=tokenizer, **({"batch_size": batch_size} if batch_size else {}))
+    results = evaluate(lm, tasks, tasks_paths=tasks_paths, limit=limit)
+    click.echo(results_json(results) if as_json else results_table(results))
 
 
 def rescore(path: Path, scorer_names: tuple[str, ...], as_json: bool) -> None:
