@@ -1,8 +1,8 @@
 """CI: the README's first two commands as a newcomer types them, in a fresh virtual environment.
 
 The install line and the test command are read from the README's first bash block and run as
-written in a new venv (nothing of this machine's environment shared), from a clean copy of the
-repository. Then, in that venv: the README's offline sweep, one trial (`gptkit sweep` must work
+written in a new venv (nothing of this machine's environment shared), in a fresh clone of the
+repository (its committed state, as CI checks it). Then, in that venv: the README's offline sweep, one trial (`gptkit sweep` must work
 from the README's install alone), and numpy must still be 2 or later (W&B's sweep engine pins
 numpy<2 in its metadata). Exits non-zero naming the step that failed.
 """
@@ -41,7 +41,7 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="gptkit-fresh-"))
     try:
         repo = scratch / "gptkit"
-        shutil.copytree(ROOT, repo, ignore=shutil.ignore_patterns(".git", "runs", "build", "*.egg-info", "__pycache__", ".gpu_check", ".pytest_cache"))
+        subprocess.run(["git", "clone", "--quiet", str(ROOT), str(repo)], check=True)
         shared = ROOT.parent / "shared"
         if shared.is_dir():  # the tests find ../shared beside the checkout, as in CI
             (scratch / "shared").symlink_to(shared)

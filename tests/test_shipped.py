@@ -92,6 +92,7 @@ def test_copied_sweep_takes_its_experiment_along(tmp_path):
     assert Path(checked.program) == tmp_path / "sweep" / "quickstart.toml"
 
 
+@pytest.mark.slow
 def test_wheel_of_a_clean_checkout_holds_the_experiments_and_copies_them_outside_the_repository(tmp_path):
     """Built as pip builds it from the working tree (tracked and untracked files, not ignored ones),
     installed apart, and run from a folder outside the repository."""
