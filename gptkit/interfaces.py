@@ -8,7 +8,7 @@ which are called with the resolved config. The Protocols say what the rest of gp
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Protocol, Sequence, runtime_checkable
 
 import attrs
 
@@ -98,6 +98,37 @@ class PromptFormat(Protocol):
     gptkit.conversation for what is done without it)."""
 
     def __call__(self, record: dict[str, Any]) -> tuple[str, str]: ...
+
+
+@attrs.frozen
+class PromptTemplate:
+    """The prompt format most are: fixed text around a record's parts. prompt = before + instruction
+    [+ input_separator + input] + response_marker; response = output. In a conversation,
+    `next_turn` goes between a response and the next instruction. The built-in formats (alpaca,
+    phi3, compact) are such templates; the hf plugin writes them as chat templates."""
+
+    name: str
+    before: str
+    input_separator: str
+    response_marker: str
+    next_turn: str
+
+    def request(self, record: dict[str, Any]) -> str:
+        """The instruction and input, without the response marker (the original's `format_input`)."""
+        text = self.before + record["instruction"]
+        if record.get("input"):
+            text += self.input_separator + record["input"]
+        return text
+
+    def __call__(self, record: dict[str, Any]) -> tuple[str, str]:
+        return self.request(record) + self.response_marker, record.get("output", "")
+
+    def conversation(self, turns: Sequence[tuple[str, str]], instruction: str) -> str:
+        """The prompt of `instruction` after the earlier (instruction, response) `turns`."""
+        text = self.before
+        for asked, answered in turns:
+            text += asked + self.response_marker + answered + self.next_turn
+        return text + instruction + self.response_marker
 
 
 @runtime_checkable

@@ -29,13 +29,12 @@ from gptkit.config import read_toml
 from gptkit.schema import Component
 from gptkit.errors import GptkitError
 from gptkit.files import read_text
-from gptkit.interfaces import Context
+from gptkit.interfaces import Context, PromptTemplate
 from gptkit.metrics import read_metrics
 from gptkit.plugins import registry
 from gptkit.gpt2_files import ENDOFTEXT
 from gptkit.model import GPTConfig
 from gptkit.presets import resolve_preset
-from gptkit_plugins.prompts import PromptTemplate
 
 # gptkit's preset names -> the Hugging Face hub's copies of OpenAI's weights (MIT licence)
 HUB_IDS = {

@@ -33,40 +33,8 @@ With no earlier turn it is the record's prompt, as the model was trained on.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
-
-import attrs
-
 from gptkit import hookimpl
-
-
-@attrs.frozen
-class PromptTemplate:
-    """prompt = before + instruction [+ input_separator + input] + response_marker; response = output.
-    In a conversation, `next_turn` goes between a response and the next instruction."""
-
-    name: str
-    before: str
-    input_separator: str
-    response_marker: str
-    next_turn: str
-
-    def request(self, record: dict[str, Any]) -> str:
-        """The instruction and input, without the response marker (the original's `format_input`)."""
-        text = self.before + record["instruction"]
-        if record.get("input"):
-            text += self.input_separator + record["input"]
-        return text
-
-    def __call__(self, record: dict[str, Any]) -> tuple[str, str]:
-        return self.request(record) + self.response_marker, record.get("output", "")
-
-    def conversation(self, turns: Sequence[tuple[str, str]], instruction: str) -> str:
-        """The prompt of `instruction` after the earlier (instruction, response) `turns`."""
-        text = self.before
-        for asked, answered in turns:
-            text += asked + self.response_marker + answered + self.next_turn
-        return text + instruction + self.response_marker
+from gptkit.interfaces import PromptTemplate
 
 
 ALPACA = PromptTemplate(
